@@ -1,0 +1,71 @@
+"""
+The message interface that joins the layers of a connection stack.
+
+A transport layer (WebSocket, stdio lines, an encrypted relay stream) delivers
+whole messages to an L{IMessageProtocol} and exposes itself to it as an
+L{IMessageTransport}. The JSON-RPC connection only ever sees these two
+interfaces, so it runs unchanged over any of them.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IMessageTransport(Interface):
+    """
+    Sends whole messages to the peer.
+
+    It is also an L{twisted.internet.interfaces.IConsumer}: a streaming
+    producer registered here is paused while the outgoing buffer is full.
+    """
+
+    parseErrorPrefix = Attribute(
+        "How a malformed message from this peer is introduced in the error "
+        "sent back, e.g. 'failed to parse websocket JSON-RPC message from "
+        "exec-server websocket 127.0.0.1:50000'."
+    )
+
+    def sendMessage(data: bytes) -> None:
+        """
+        Send one message (UTF-8 encoded JSON text).
+        """
+
+    def loseConnection() -> None:
+        """
+        Close the connection after flushing what was already sent.
+        """
+
+    def abortConnection() -> None:
+        """
+        Drop the connection at once, without a closing handshake.
+        """
+
+    def registerProducer(producer, streaming: bool) -> None:
+        """
+        Register a producer to be paused while the outgoing buffer is full.
+        """
+
+    def unregisterProducer() -> None:
+        """
+        Forget the registered producer.
+        """
+
+
+class IMessageProtocol(Interface):
+    """
+    Receives whole messages from an L{IMessageTransport}.
+    """
+
+    def makeConnection(transport: IMessageTransport) -> None:
+        """
+        Attach the transport; called once before any message.
+        """
+
+    def messageReceived(data: bytes) -> None:
+        """
+        One whole message arrived.
+        """
+
+    def connectionLost(reason) -> None:
+        """
+        The transport is gone; no more messages will arrive or can be sent.
+        """

@@ -1,0 +1,405 @@
+"""
+Declarative decoding of request params, with serde's error texts.
+
+The reference decodes params with serde (derive) from a JSON value. Clients
+branch on the error code, people read the message; we give both as the
+reference does, e.g. C{missing field `processId`} or
+C{invalid type: string "x", expected a boolean}. serde walks an object's
+members in input order and reports the first bad one; only then does it
+report the first missing required field in declaration order.
+
+A L{Struct} decodes to a plain C{dict} keyed by wire names, with C{None} for
+absent optional fields.
+"""
+
+from __future__ import annotations
+
+import binascii
+import math
+from typing import Any, Callable
+
+from execserver.rpc import invalid_params
+
+U64_MAX = 2**64 - 1
+I64_MIN = -(2**63)
+I64_MAX = 2**63 - 1
+
+
+class DecodeError(Exception):
+    """
+    A serde error text; becomes -32602 with that text.
+    """
+
+
+def rust_debug_str(text: str) -> str:
+    """
+    Quote a string the way Rust's C{{:?}} does.
+    """
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\0":
+            out.append("\\0")
+        elif code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
+            out.append(f"\\u{{{code:x}}}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def rust_float(value: float) -> str:
+    """
+    Format a float as Rust's C{Display} does, with serde's trailing C{.0}.
+    """
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    text = repr(value)
+    if "e" in text or "E" in text:
+        mantissa, exponent = text.lower().split("e")
+        sign = "-" if mantissa.startswith("-") else ""
+        digits = mantissa.lstrip("-").replace(".", "")
+        point = len(mantissa.lstrip("-").split(".")[0]) + int(exponent)
+        digits = digits.rstrip("0") or "0"
+        if point <= 0:
+            text = sign + "0." + "0" * (-point) + digits
+        elif point >= len(digits):
+            text = sign + digits + "0" * (point - len(digits))
+        else:
+            text = sign + digits[:point] + "." + digits[point:]
+    if "." not in text:
+        text += ".0"
+    return text
+
+
+def unexpected(value: Any) -> str:
+    """
+    serde's name for a JSON value that has the wrong type.
+    """
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return f"boolean `{'true' if value else 'false'}`"
+    if isinstance(value, int):
+        if I64_MIN <= value <= U64_MAX:
+            return f"integer `{value}`"
+        return f"floating point `{rust_float(float(value))}`"
+    if isinstance(value, float):
+        return f"floating point `{rust_float(value)}`"
+    if isinstance(value, str):
+        return f"string {rust_debug_str(value)}"
+    if isinstance(value, list):
+        return "sequence"
+    return "map"
+
+
+def invalid_type(value: Any, expected: str) -> DecodeError:
+    return DecodeError(f"invalid type: {unexpected(value)}, expected {expected}")
+
+
+class Type:
+    expecting = "a value"
+
+    def decode(self, value: Any) -> Any:
+        raise NotImplementedError
+
+
+class AnyValue(Type):
+    def decode(self, value: Any) -> Any:
+        return value
+
+
+class String(Type):
+    expecting = "a string"
+
+    def decode(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise invalid_type(value, self.expecting)
+        return value
+
+
+class Bool(Type):
+    expecting = "a boolean"
+
+    def decode(self, value: Any) -> bool:
+        if value is not True and value is not False:
+            raise invalid_type(value, self.expecting)
+        return value
+
+
+_INT_RANGES = {
+    "u8": (0, 2**8 - 1),
+    "u16": (0, 2**16 - 1),
+    "u32": (0, 2**32 - 1),
+    "u64": (0, U64_MAX),
+    "usize": (0, U64_MAX),
+    "i32": (-(2**31), 2**31 - 1),
+    "i64": (I64_MIN, I64_MAX),
+}
+
+
+class Int(Type):
+    def __init__(self, kind: str = "u64") -> None:
+        self.expecting = kind
+        self.low, self.high = _INT_RANGES[kind]
+
+    def decode(self, value: Any) -> int:
+        if type(value) is not int or not I64_MIN <= value <= U64_MAX:
+            raise invalid_type(value, self.expecting)
+        if not self.low <= value <= self.high:
+            raise DecodeError(f"invalid value: integer `{value}`, expected {self.expecting}")
+        return value
+
+
+class Optional(Type):
+    def __init__(self, inner: Type) -> None:
+        self.inner = inner
+        self.expecting = inner.expecting
+
+    def decode(self, value: Any) -> Any:
+        if value is None:
+            return None
+        return self.inner.decode(value)
+
+
+class Seq(Type):
+    expecting = "a sequence"
+
+    def __init__(self, item: Type) -> None:
+        self.item = item
+
+    def decode(self, value: Any) -> list:
+        if not isinstance(value, list):
+            raise invalid_type(value, self.expecting)
+        return [self.item.decode(element) for element in value]
+
+
+class Map(Type):
+    expecting = "a map"
+
+    def __init__(self, value_type: Type) -> None:
+        self.value_type = value_type
+
+    def decode(self, value: Any) -> dict:
+        if not isinstance(value, dict):
+            raise invalid_type(value, self.expecting)
+        return {key: self.value_type.decode(item) for key, item in value.items()}
+
+
+def _one_of(names: list[str]) -> str:
+    quoted = [f"`{name}`" for name in names]
+    if not quoted:
+        return "there are no variants"
+    if len(quoted) == 1:
+        return quoted[0]
+    if len(quoted) == 2:
+        return f"{quoted[0]} or {quoted[1]}"
+    return "one of " + ", ".join(quoted)
+
+
+class Enum(Type):
+    """
+    A Rust enum of unit variants, spelled as strings.
+    """
+
+    def __init__(self, name: str, variants: list[str], aliases: dict[str, str] | None = None):
+        self.expecting = f"enum {name}"
+        self.variants = variants
+        self.aliases = aliases or {}
+
+    def decode(self, value: Any) -> str:
+        if isinstance(value, dict):
+            if len(value) != 1:
+                raise DecodeError("invalid value: map, expected map with a single key")
+            ((value, content),) = value.items()
+            if content is not None:
+                raise invalid_type(content, "unit variant")
+        elif not isinstance(value, str):
+            raise invalid_type(value, "string or map")
+        if value in self.variants:
+            return value
+        if value in self.aliases:
+            return self.aliases[value]
+        raise DecodeError(f"unknown variant `{value}`, expected {_one_of(self.variants)}")
+
+
+class Base64(Type):
+    """
+    Standard base64 with canonical padding, as the Rust base64 crate's
+    C{STANDARD} engine accepts it.
+    """
+
+    expecting = "a string"
+
+    def decode(self, value: Any) -> bytes:
+        if not isinstance(value, str):
+            raise invalid_type(value, self.expecting)
+        return decode_base64(value)
+
+
+_B64_ALPHABET = {c: i for i, c in enumerate(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+)}
+
+
+def decode_base64(text: str) -> bytes:
+    """
+    @raise DecodeError: with the base64 crate's text, e.g.
+        C{Invalid symbol 33, offset 0.}
+    """
+    try:
+        data = binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise DecodeError(_base64_problem(text)) from None
+    if len(text) % 4 == 0 and binascii.b2a_base64(data, newline=False).decode() == text:
+        return data
+    raise DecodeError(_base64_problem(text))
+
+
+def _base64_problem(text: str) -> str:
+    raw = text.encode("utf-8")
+    body_end = len(raw)
+    while body_end > 0 and raw[body_end - 1] == ord("="):
+        body_end -= 1
+    padding = len(raw) - body_end
+    for offset, byte in enumerate(raw[:body_end]):
+        if chr(byte) not in _B64_ALPHABET:
+            return f"Invalid symbol {byte}, offset {offset}."
+    complete = body_end - body_end % 4
+    leftover = body_end % 4
+    if padding and (leftover < 2 or padding > 4 - leftover):
+        offset = body_end if leftover >= 2 else complete + leftover
+        return f"Invalid symbol {ord('=')}, offset {offset}."
+    if leftover == 1:
+        return "Invalid input length."
+    if (leftover + padding) % 4 != 0:
+        return "Invalid padding"
+    if leftover:
+        last = raw[body_end - 1]
+        bits = _B64_ALPHABET[chr(last)]
+        unused = {2: 0b1111, 3: 0b11}[leftover]
+        if bits & unused:
+            return f"Invalid last symbol {last}, offset {body_end - 1}."
+    return "Invalid padding"
+
+
+class Field:
+    """
+    One struct member. C{default} is used when the member is absent; a
+    field with no default and a non-L{Optional} type is required.
+    """
+
+    _REQUIRED = object()
+
+    def __init__(self, name: str, type: Type, default: Any = _REQUIRED) -> None:
+        self.name = name
+        self.type = type
+        if default is Field._REQUIRED and isinstance(type, Optional):
+            default = None
+        self.default = default
+
+    @property
+    def required(self) -> bool:
+        return self.default is Field._REQUIRED
+
+
+class Struct(Type):
+    def __init__(self, name: str, fields: list[Field]) -> None:
+        self.name = name
+        self.expecting = f"struct {name}"
+        self.fields = fields
+        self.by_name = {field.name: field for field in fields}
+
+    def decode(self, value: Any) -> dict:
+        if isinstance(value, list):
+            return self._decode_sequence(value)
+        if not isinstance(value, dict):
+            raise invalid_type(value, self.expecting)
+        result = {}
+        for key, item in value.items():
+            field = self.by_name.get(key)
+            if field is not None:
+                result[key] = field.type.decode(item)
+        for field in self.fields:
+            if field.name not in result:
+                if field.required:
+                    raise DecodeError(f"missing field `{field.name}`")
+                result[field.name] = _copy_default(field.default)
+        return result
+
+    def _decode_sequence(self, items: list) -> dict:
+        result = {}
+        for index, field in enumerate(self.fields):
+            if index >= len(items):
+                raise DecodeError(
+                    f"invalid length {index}, expected {self.expecting} "
+                    f"with {len(self.fields)} element{'s' if len(self.fields) != 1 else ''}"
+                )
+            result[field.name] = field.type.decode(items[index])
+        if len(items) > len(self.fields):
+            raise DecodeError(
+                f"invalid length {len(items)}, expected fewer elements in array"
+            )
+        return result
+
+
+def _copy_default(default: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return type(default)()
+    return default
+
+
+class Unit(Type):
+    expecting = "unit"
+
+    def decode(self, value: Any) -> None:
+        if value is not None:
+            raise invalid_type(value, self.expecting)
+        return None
+
+
+class Custom(Type):
+    """
+    A string decoded by a function that raises L{DecodeError}.
+    """
+
+    expecting = "a string"
+
+    def __init__(self, convert: Callable[[str], Any], expecting: str = "a string") -> None:
+        self.convert = convert
+        self.expecting = expecting
+
+    def decode(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise invalid_type(value, self.expecting)
+        return self.convert(value)
+
+
+def decode_params(schema: Type, params: Any) -> Any:
+    """
+    Decode a request's params; a failure is the reference's -32602.
+
+    As in the reference, params that fail to decode but are the empty object
+    are tried once more as C{null}, so C{{}} works for methods without params.
+    """
+    try:
+        return schema.decode(params)
+    except DecodeError as e:
+        if params == {}:
+            try:
+                return schema.decode(None)
+            except DecodeError:
+                pass
+        raise invalid_params(str(e)) from None

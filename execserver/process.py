@@ -1,0 +1,257 @@
+"""
+Managed processes: one per client-chosen process id within a session.
+
+Every event of a process (an output chunk, the exit, the close) takes the
+next number of one per-process sequence starting at 1. The same numbered log
+feeds both the C{process/*} notifications and C{process/read}, so a client
+that missed notifications (a detached session, a reconnect) catches up by
+reading from the last sequence number it saw.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+
+from execserver import rpc, wirejson
+from execserver.spawn import Child, ChildSpec
+
+if TYPE_CHECKING:
+    from execserver.session import Session
+
+#: The replay window of one process: oldest chunks are dropped beyond these.
+MAX_RETAINED_BYTES = 1024 * 1024
+MAX_RETAINED_CHUNKS = 50_000
+
+#: A closed process stays readable this long, then its id is free again.
+CLOSED_RETENTION_SECONDS = 30.0
+
+#: How many accepted write ids a process remembers, to drop retried writes.
+REMEMBERED_WRITE_IDS = 4096
+
+
+class OutputLog:
+    """
+    The sequence-numbered events of one process and its replay window.
+    """
+
+    def __init__(self) -> None:
+        self.next_seq = 1
+        self.exit_code: int | None = None
+        self.closed = False
+        self._seqs: list[int] = []
+        self._chunks: list[tuple[int, str, bytes]] = []
+        self._start = 0
+        self._retained_bytes = 0
+
+    @property
+    def exited(self) -> bool:
+        return self.exit_code is not None
+
+    def _take_seq(self) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
+    def record_output(self, stream: str, data: bytes) -> int:
+        seq = self._take_seq()
+        self._seqs.append(seq)
+        self._chunks.append((seq, stream, data))
+        self._retained_bytes += len(data)
+        self._evict()
+        return seq
+
+    def record_exit(self, exit_code: int) -> int:
+        self.exit_code = exit_code
+        return self._take_seq()
+
+    def record_close(self) -> int:
+        self.closed = True
+        return self._take_seq()
+
+    def _evict(self) -> None:
+        chunks = self._chunks
+        while (
+            self._retained_bytes > MAX_RETAINED_BYTES
+            or len(chunks) - self._start > MAX_RETAINED_CHUNKS
+        ):
+            self._retained_bytes -= len(chunks[self._start][2])
+            self._start += 1
+        if self._start > 1024 and self._start * 2 > len(chunks):
+            del chunks[: self._start]
+            del self._seqs[: self._start]
+            self._start = 0
+
+    def chunks_after(self, after_seq: int, max_bytes: int | None) -> list[tuple[int, str, bytes]]:
+        """
+        Retained chunks after C{after_seq}, within the byte budget: the first
+        chunk always, later ones only while the total stays within it.
+        """
+        index = max(bisect.bisect_right(self._seqs, after_seq), self._start)
+        if max_bytes is None:
+            return self._chunks[index:]
+        taken = []
+        total = 0
+        for chunk in self._chunks[index:]:
+            if taken and total + len(chunk[2]) > max_bytes:
+                break
+            taken.append(chunk)
+            total += len(chunk[2])
+            if total >= max_bytes:
+                break
+        return taken
+
+
+class WriteIds:
+    """
+    The last L{REMEMBERED_WRITE_IDS} accepted write ids, oldest forgotten first.
+    """
+
+    def __init__(self) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, write_id: str) -> bool:
+        return write_id in self._ids
+
+    def add(self, write_id: str) -> None:
+        self._ids[write_id] = None
+        if len(self._ids) > REMEMBERED_WRITE_IDS:
+            self._ids.popitem(last=False)
+
+
+def _output_notification(process_id_json: bytes, seq: int, stream: str, data: bytes) -> bytes:
+    # The hot path of streaming: base64 needs no JSON escaping, so the
+    # message is assembled without re-scanning the payload.
+    return b"".join((
+        b'{"method":"process/output","params":{"processId":',
+        process_id_json,
+        b',"seq":%d,"stream":"%s","chunk":"' % (seq, stream.encode("ascii")),
+        base64.b64encode(data),
+        b'"}}',
+    ))
+
+
+class ManagedProcess:
+    """
+    A child process owned by a session, and the log of its events.
+    """
+
+    def __init__(self, session: "Session", process_id: str, spec: ChildSpec) -> None:
+        self.session = session
+        self.process_id = process_id
+        self._process_id_json = wirejson.dumps(process_id)
+        self.spec = spec
+        self.log = OutputLog()
+        self.write_ids = WriteIds()
+        self.child = Child(session.reactor, spec, self)
+        self._waiters: list[Deferred] = []
+        self._eviction = None
+
+    def start(self) -> None:
+        """
+        @raise OSError: the program could not be started.
+        """
+        self.child.start()
+        if self.session.paused:
+            self.child.pauseProducing()
+
+    # ChildHandler
+
+    def childOutput(self, stream: str, data: bytes) -> None:
+        seq = self.log.record_output(stream, data)
+        self.session.deliver(_output_notification(self._process_id_json, seq, stream, data))
+        self._wake()
+
+    def childStreamEnded(self, stream: str) -> None:
+        self._maybe_close()
+
+    def childExited(self, exit_code: int) -> None:
+        seq = self.log.record_exit(exit_code)
+        self.session.deliver(rpc.encode_notification("process/exited", {
+            "processId": self.process_id,
+            "seq": seq,
+            "exitCode": exit_code,
+            "sandboxDenied": False,
+        }))
+        self._wake()
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.log.closed or not self.log.exited or self.child.readers:
+            return
+        seq = self.log.record_close()
+        self.session.deliver(rpc.encode_notification(
+            "process/closed", {"processId": self.process_id, "seq": seq}
+        ))
+        self._wake()
+        self._eviction = self.session.reactor.callLater(
+            CLOSED_RETENTION_SECONDS, self.session.evict_process, self
+        )
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def changed(self) -> Deferred:
+        """
+        Fires at the next event of this process.
+        """
+        waiter = Deferred(lambda d: self._waiters.remove(d) if d in self._waiters else None)
+        self._waiters.append(waiter)
+        return waiter
+
+    @property
+    def running(self) -> bool:
+        return not self.log.exited
+
+    def snapshot(self, after_seq: int, max_bytes: int | None) -> dict[str, Any]:
+        """
+        The C{process/read} result for this moment.
+        """
+        log = self.log
+        chunks = log.chunks_after(after_seq, max_bytes)
+        if max_bytes is not None and chunks:
+            next_seq = chunks[-1][0] + 1
+        else:
+            next_seq = log.next_seq
+        return {
+            "chunks": [
+                {"seq": seq, "stream": stream, "chunk": base64.b64encode(data).decode("ascii")}
+                for seq, stream, data in chunks
+            ],
+            "nextSeq": next_seq,
+            "exited": log.exited,
+            "exitCode": log.exit_code,
+            "closed": log.closed,
+            "failure": None,
+            "sandboxDenied": False,
+        }
+
+    def write(self, data: bytes, write_id: str) -> str:
+        if not self.child.has_stdin:
+            return "stdinClosed"
+        if write_id in self.write_ids:
+            return "accepted"
+        self.child.write(data)
+        self.write_ids.add(write_id)
+        return "accepted"
+
+    def kill(self) -> None:
+        self.child.kill()
+
+    def discard(self) -> None:
+        """
+        Forget the process: its session expired or its retention ended.
+        """
+        if self._eviction is not None and self._eviction.active():
+            self._eviction.cancel()
+        if self.running:
+            self.child.kill()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)

@@ -1,0 +1,250 @@
+"""
+The C{process/*} methods: start, read, write, signal, terminate.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import signal as signals
+from typing import Any
+
+from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred
+
+from execserver import oserrors
+from execserver import params as P
+from execserver import paths, rpc
+from execserver.process import ManagedProcess
+from execserver.server import Method, ServerConnection
+from execserver.spawn import ChildSpec
+
+FAMILY = "exec"
+
+#: Variables the child never sees, whatever the request asks.
+_ALWAYS_REMOVED = ("CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE",)
+_ALWAYS_REMOVED_ANY_CASE = frozenset(name.upper() for name in (
+    "CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN",
+    "NODE_REPL_AUTH_TOKEN",
+    "OPENAI_FEDERATION_RULE_ID",
+    "OPENAI_IDENTITY_TOKEN_FILE",
+    "OPENAI_WORKLOAD_IDENTITY_CONTEXT",
+))
+
+#: What C{envPolicy.inherit: "core"} keeps of the server's environment.
+_CORE_VARIABLES = frozenset((
+    "PATH", "SHELL", "TMPDIR", "TEMP", "TMP", "HOME", "LANG", "LC_ALL",
+    "LC_CTYPE", "LOGNAME", "USER",
+))
+_DEFAULT_EXCLUDES = ("*KEY*", "*SECRET*", "*TOKEN*")
+
+#: Where a bare program name is looked up when the child has no PATH.
+DEFAULT_PATH = "/bin:/usr/bin"
+
+PathUri = P.Custom(paths.parse_uri)
+
+EnvPolicy = P.Struct("ShellEnvironmentPolicy", [
+    P.Field("inherit", P.Enum("ShellEnvironmentPolicyInherit", ["core", "all", "none"])),
+    P.Field("ignoreDefaultExcludes", P.Bool()),
+    P.Field("exclude", P.Seq(P.String())),
+    P.Field("set", P.Map(P.String())),
+    P.Field("includeOnly", P.Seq(P.String())),
+])
+
+StartParams = P.Struct("WireExecParams", [
+    P.Field("processId", P.String()),
+    P.Field("argv", P.Seq(P.String())),
+    P.Field("cwd", PathUri),
+    P.Field("env", P.Map(P.String())),
+    P.Field("tty", P.Bool()),
+    P.Field("pipeStdin", P.Bool(), default=False),
+    P.Field("arg0", P.Optional(P.String())),
+    P.Field("envPolicy", P.Optional(EnvPolicy)),
+    P.Field("sandbox", P.Optional(P.AnyValue())),
+    P.Field("enforceManagedNetwork", P.Bool(), default=False),
+    P.Field("managedNetwork", P.Optional(P.AnyValue())),
+    P.Field("networkProxy", P.Optional(P.AnyValue())),
+    P.Field("shellSnapshot", P.Optional(P.AnyValue())),
+])
+
+ReadParams = P.Struct("ReadParams", [
+    P.Field("processId", P.String()),
+    P.Field("afterSeq", P.Optional(P.Int("u64"))),
+    P.Field("maxBytes", P.Optional(P.Int("usize"))),
+    P.Field("waitMs", P.Optional(P.Int("u64"))),
+])
+
+WriteParams = P.Struct("WriteParams", [
+    P.Field("processId", P.String()),
+    P.Field("chunk", P.Base64()),
+    P.Field("writeId", P.String()),
+])
+
+SignalParams = P.Struct("SignalParams", [
+    P.Field("processId", P.String()),
+    P.Field("signal", P.Enum("ProcessSignal", ["interrupt"])),
+])
+
+TerminateParams = P.Struct("TerminateParams", [
+    P.Field("processId", P.String()),
+])
+
+
+def _matches(name: str, patterns) -> bool:
+    upper = name.upper()
+    return any(fnmatch.fnmatchcase(upper, pattern.upper()) for pattern in patterns)
+
+
+def child_environment(env: dict[str, str], policy: dict | None) -> dict[str, str]:
+    """
+    The child's environment: exactly C{env}, or C{env} over what the policy
+    keeps of ours.
+    """
+    if policy is None:
+        result = dict(env)
+    else:
+        inherit = policy["inherit"]
+        if inherit == "all":
+            result = dict(os.environ)
+        elif inherit == "core":
+            result = {k: v for k, v in os.environ.items() if k in _CORE_VARIABLES}
+        else:
+            result = {}
+        if not policy["ignoreDefaultExcludes"]:
+            result = {k: v for k, v in result.items() if not _matches(k, _DEFAULT_EXCLUDES)}
+        result = {k: v for k, v in result.items() if not _matches(k, policy["exclude"])}
+        result.update(policy["set"])
+        if policy["includeOnly"]:
+            result = {k: v for k, v in result.items() if _matches(k, policy["includeOnly"])}
+        result.update(env)
+    for name in _ALWAYS_REMOVED:
+        result.pop(name, None)
+    return {k: v for k, v in result.items() if k.upper() not in _ALWAYS_REMOVED_ANY_CASE}
+
+
+def find_program(name: str, env: dict[str, str]) -> str:
+    """
+    Resolve a program as C{execvp} would, searching the child's PATH.
+
+    @raise OSError: as exec would fail.
+    """
+    if "/" in name:
+        return name
+    first_error = None
+    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+        if first_error is None and os.path.exists(candidate):
+            first_error = PermissionError(13, "Permission denied")
+    raise first_error or FileNotFoundError(2, "No such file or directory")
+
+
+def _process(connection: ServerConnection, process_id: str) -> ManagedProcess | None:
+    return connection.session.processes.get(process_id)
+
+
+def start(connection: ServerConnection, p: dict) -> dict:
+    session = connection.session
+    cwd = paths.to_host_path(p["cwd"])
+    if p["sandbox"] is not None:
+        raise rpc.invalid_params("sandbox intent cannot be enforced on this executor")
+    argv = p["argv"]
+    if not argv:
+        raise rpc.invalid_params("argv must not be empty")
+    process_id = p["processId"]
+    if process_id in session.processes:
+        raise rpc.invalid_request(f"process {process_id} already exists")
+    env = child_environment(p["env"], p["envPolicy"])
+    try:
+        executable = find_program(argv[0], env)
+    except OSError as e:
+        raise rpc.internal_error(oserrors.describe(e)) from None
+    args = list(argv)
+    if p["arg0"] is not None:
+        args[0] = p["arg0"]
+    spec = ChildSpec(
+        executable=executable,
+        argv=args,
+        cwd=os.fsdecode(cwd),
+        env=env,
+        tty=p["tty"],
+        pipe_stdin=p["pipeStdin"],
+    )
+    process = ManagedProcess(session, process_id, spec)
+    try:
+        process.start()
+    except OSError as e:
+        raise rpc.internal_error(oserrors.describe(e)) from None
+    session.processes[process_id] = process
+    return {"processId": process_id, "sandboxType": "none"}
+
+
+def _ready(snapshot: dict, after_seq: int) -> bool:
+    return bool(
+        snapshot["chunks"]
+        or snapshot["closed"]
+        or (snapshot["exited"] and after_seq < snapshot["nextSeq"] - 1)
+    )
+
+
+async def _long_poll(reactor, process: ManagedProcess, after_seq, max_bytes, deadline) -> dict:
+    while True:
+        snapshot = process.snapshot(after_seq, max_bytes)
+        remaining = deadline - reactor.seconds()
+        if _ready(snapshot, after_seq) or remaining <= 0:
+            return snapshot
+        try:
+            await process.changed().addTimeout(remaining, reactor)
+        except TimeoutError:
+            return process.snapshot(after_seq, max_bytes)
+
+
+def read(connection: ServerConnection, p: dict) -> Any:
+    process = _process(connection, p["processId"])
+    if process is None:
+        raise rpc.invalid_request(f"unknown process id {p['processId']}")
+    after_seq = p["afterSeq"] or 0
+    max_bytes = p["maxBytes"]
+    snapshot = process.snapshot(after_seq, max_bytes)
+    wait_ms = p["waitMs"] or 0
+    if wait_ms == 0 or _ready(snapshot, after_seq):
+        return snapshot
+    reactor = connection.reactor
+    deadline = reactor.seconds() + wait_ms / 1000.0
+    return ensureDeferred(_long_poll(reactor, process, after_seq, max_bytes, deadline))
+
+
+def write(connection: ServerConnection, p: dict) -> dict:
+    if not p["writeId"]:
+        raise rpc.invalid_params("writeId must not be empty")
+    process = _process(connection, p["processId"])
+    if process is None:
+        return {"status": "unknownProcess"}
+    return {"status": process.write(p["chunk"], p["writeId"])}
+
+
+def signal(connection: ServerConnection, p: dict) -> dict:
+    process = _process(connection, p["processId"])
+    if process is not None and process.running:
+        try:
+            process.child.signal_group(signals.SIGINT)
+        except OSError as e:
+            raise rpc.internal_error(f"failed to signal process: {oserrors.describe(e)}") from None
+    return {}
+
+
+def terminate(connection: ServerConnection, p: dict) -> dict:
+    process = _process(connection, p["processId"])
+    if process is None or not process.running:
+        return {"running": False}
+    process.kill()
+    return {"running": True}
+
+
+METHODS = {
+    "process/start": Method(FAMILY, StartParams, start),
+    "process/read": Method(FAMILY, ReadParams, read),
+    "process/write": Method(FAMILY, WriteParams, write),
+    "process/signal": Method(FAMILY, SignalParams, signal, control=True),
+    "process/terminate": Method(FAMILY, TerminateParams, terminate, control=True),
+}

@@ -1,0 +1,271 @@
+"""
+The transport-free server core: one L{ServerConnection} per client
+connection, all sharing one L{ExecServer}.
+
+A connection must send C{initialize} (answered with a session id) and then
+the C{initialized} notification before anything else is served. By default
+requests run strictly one at a time in arrival order: the next message is
+not even parsed until the current one has its reply. With
+C{--concurrent-requests N} (N >= 2), requests after C{initialized} run
+concurrently in two lanes of N: a control lane for cheap requests that must
+stay responsive and an ordinary lane for the rest.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from execserver import params as P
+from execserver import rpc
+from execserver.interfaces import IMessageProtocol, IMessageTransport
+from execserver.session import Session, SessionRegistry
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Method:
+    """
+    A served method: its gating family, params schema, handler and lane.
+
+    The handler is called as C{handler(connection, params)} and returns the
+    result or a Deferred of it, or raises L{rpc.RpcError}.
+    """
+
+    family: str
+    params: P.Type
+    handler: Callable[["ServerConnection", Any], Any]
+    control: bool = False
+
+
+InitializeParams = P.Struct("InitializeParams", [
+    P.Field("clientName", P.String()),
+    P.Field("resumeSessionId", P.Optional(P.String())),
+])
+
+
+class ExecServer:
+    """
+    What all connections of one server process share.
+    """
+
+    def __init__(
+        self,
+        reactor,
+        methods: dict[str, Method],
+        environment_info: Callable[[], dict],
+        concurrency: int = 1,
+    ) -> None:
+        self.reactor = reactor
+        self.methods = methods
+        self.environment_info = environment_info
+        self.concurrency = concurrency
+        self.registry = SessionRegistry(reactor)
+
+    def buildConnection(self) -> "ServerConnection":
+        return ServerConnection(self)
+
+    def shutdown(self) -> None:
+        self.registry.shutdown()
+
+
+@implementer(IMessageProtocol)
+class ServerConnection:
+    """
+    The JSON-RPC server side of one connection.
+    """
+
+    def __init__(self, server: ExecServer) -> None:
+        self.server = server
+        self.reactor = server.reactor
+        self.transport: IMessageTransport | None = None
+        self.connected = False
+        self.session: Session | None = None
+        self.initialize_requested = False
+        self.initialized = False
+        #: Per-connection resources (file handles, HTTP streams) by owner.
+        self.resources: dict[str, Any] = {}
+        self._closers: list[Callable[[], None]] = []
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._busy = False
+        self._in_flight: set[Deferred] = set()
+        self._lanes: dict[bool, DeferredSemaphore] = {}
+        if server.concurrency > 1:
+            self._lanes = {
+                True: DeferredSemaphore(server.concurrency),
+                False: DeferredSemaphore(server.concurrency),
+            }
+
+    # IMessageProtocol
+
+    def makeConnection(self, transport: IMessageTransport) -> None:
+        self.transport = transport
+        self.connected = True
+        transport.registerProducer(self, True)
+
+    def messageReceived(self, data: bytes) -> None:
+        self._queue.append(data)
+        self._drain()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        self._queue.clear()
+        for pending in list(self._in_flight):
+            pending.cancel()
+        closers, self._closers = self._closers, []
+        for close in reversed(closers):
+            close()
+        if self.session is not None:
+            self.session.detach(self)
+
+    # What handlers and sessions use
+
+    def sendMessage(self, data: bytes) -> None:
+        if self.connected:
+            self.transport.sendMessage(data)
+
+    def notify(self, method: str, params: Any) -> None:
+        self.sendMessage(rpc.encode_notification(method, params))
+
+    def onClose(self, close: Callable[[], None]) -> None:
+        """
+        Run C{close} when the connection ends (HTTP streams, file handles).
+        """
+        self._closers.append(close)
+
+    # IPushProducer: the transport pauses us while its buffer is full, and
+    # we pass that on to whatever streams into this connection.
+
+    def pauseProducing(self) -> None:
+        if self.session is not None:
+            self.session.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.session is not None:
+            self.session.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # Dispatch
+
+    def _drain(self) -> None:
+        while self._queue and not self._busy and self.connected:
+            data = self._queue.popleft()
+            pending = self._handle(data)
+            if pending is not None:
+                self._busy = True
+                pending.addBoth(self._unblock)
+
+    def _unblock(self, _: Any) -> None:
+        self._busy = False
+        self._drain()
+
+    def _handle(self, data: bytes) -> Deferred | None:
+        """
+        Handle one message; a Deferred means "wait for it before the next".
+        """
+        try:
+            message = rpc.parse(data)
+        except rpc.MalformedMessage as e:
+            self.sendMessage(rpc.encode_error(
+                rpc.MALFORMED_ID,
+                rpc.INVALID_REQUEST,
+                f"{self.transport.parseErrorPrefix}: {e}",
+            ))
+            return None
+        if isinstance(message, rpc.Request):
+            return self._request(message)
+        if isinstance(message, rpc.Notification) and message.method == "initialized":
+            if self.session is None:
+                log.info("initialized before initialize; closing the connection")
+                self.transport.abortConnection()
+            else:
+                self.initialized = True
+            return None
+        log.info("unexpected {kind} from client; closing the connection",
+                 kind=type(message).__name__)
+        self.transport.abortConnection()
+        return None
+
+    def _request(self, request: rpc.Request) -> Deferred | None:
+        method = self.server.methods.get(request.method)
+        if request.method == "initialize":
+            run = self._initialize
+        elif method is None:
+            self._reply_error(request, rpc.RpcError(
+                rpc.METHOD_NOT_FOUND,
+                f"exec-server stub does not implement `{request.method}` yet",
+            ))
+            return None
+        else:
+            run = lambda params: self._call(method, params)
+        if self.initialized and self._lanes:
+            lane = self._lanes[method is not None and method.control]
+            self._track(lane.run(run, request.params), request)
+            return None
+        try:
+            result = run(request.params)
+        except rpc.RpcError as e:
+            self._reply_error(request, e)
+            return None
+        if isinstance(result, Deferred):
+            return self._track(result, request)
+        self.sendMessage(rpc.encode_response(request.id, result))
+        return None
+
+    def _track(self, pending: Deferred, request: rpc.Request) -> Deferred:
+        self._in_flight.add(pending)
+
+        def done(result):
+            self._in_flight.discard(pending)
+            if isinstance(result, Failure):
+                if result.check(rpc.RpcError):
+                    self._reply_error(request, result.value)
+                elif not result.check(CancelledError):
+                    log.failure("handler for {method} failed", result, method=request.method)
+                    self._reply_error(request, rpc.internal_error("internal error"))
+            else:
+                self.sendMessage(rpc.encode_response(request.id, result))
+
+        pending.addBoth(done)
+        return pending
+
+    def _reply_error(self, request: rpc.Request, error: rpc.RpcError) -> None:
+        self.sendMessage(rpc.encode_error(request.id, error.code, error.message))
+
+    def _call(self, method: Method, params: Any) -> Any:
+        self._gate(method.family)
+        decoded = P.decode_params(method.params, params)
+        return method.handler(self, decoded)
+
+    def _gate(self, family: str) -> None:
+        if not self.initialize_requested:
+            raise rpc.invalid_request(f"client must call initialize before using {family} methods")
+        if not self.initialized:
+            raise rpc.invalid_request(f"client must send initialized before using {family} methods")
+
+    def _initialize(self, params: Any) -> dict:
+        if self.initialize_requested:
+            raise rpc.invalid_request("initialize may only be sent once per connection")
+        decoded = P.decode_params(InitializeParams, params)
+        registry = self.server.registry
+        resume = decoded["resumeSessionId"]
+        if resume is None:
+            self.session = registry.create(self)
+        else:
+            self.session = registry.resume(resume, self)
+        self.initialize_requested = True
+        return {
+            "sessionId": self.session.id,
+            "environmentInfo": self.server.environment_info(),
+        }

@@ -1,0 +1,173 @@
+"""
+The C{twistd execserver} command: options and service.
+
+    twistd -n execserver [--interface 127.0.0.1] [--port 8765]
+    twistd -n execserver --listen stdio
+
+With a WebSocket listener, the bound C{ws://IP:PORT} URL is printed on its
+own line on stdout once the port is open.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python import usage
+
+from execserver import environment, process_methods
+from execserver.server import ExecServer
+from execserver.transports import stdio, websocket
+
+log = Logger()
+
+
+def all_methods() -> dict:
+    methods = {}
+    for module in (process_methods, environment):
+        methods.update(module.METHODS)
+    return methods
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["interface", None, "127.0.0.1", "IP address to listen on."],
+        ["port", None, 8765, "TCP port to listen on (0 picks a free one).", int],
+        ["listen", None, "ws", "Transport: 'ws' (WebSocket) or 'stdio'."],
+        ["concurrent-requests", None, 1,
+         "Requests served concurrently per connection (1 = strictly in order).", int],
+    ]
+
+    def postOptions(self) -> None:
+        if self["listen"] == "stdio://":
+            self["listen"] = "stdio"
+        if self["listen"] not in ("ws", "stdio"):
+            raise usage.UsageError(
+                f"unsupported --listen {self['listen']!r}; expected 'ws' or 'stdio'"
+            )
+        try:
+            ipaddress.ip_address(self["interface"])
+        except ValueError:
+            raise usage.UsageError(
+                f"--interface must be an IP address, not {self['interface']!r}"
+            ) from None
+        if not 0 <= self["port"] <= 65535:
+            raise usage.UsageError("--port must be between 0 and 65535")
+        if self["concurrent-requests"] < 1:
+            raise usage.UsageError("--concurrent-requests must be at least 1")
+
+
+class ExecServerService(service.Service):
+    """
+    Owns the server core; stopping it kills every managed process group.
+    """
+
+    def __init__(self, exec_server: ExecServer) -> None:
+        self.exec_server = exec_server
+
+    def stopService(self):
+        self.exec_server.shutdown()
+        return super().stopService()
+
+
+def ws_url(address) -> str:
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    return f"ws://{host}:{address.port}"
+
+
+class WebSocketListener(service.Service):
+    """
+    Listens for WebSocket connections and announces the bound URL.
+    """
+
+    def __init__(self, reactor, interface: str, port: int, exec_server: ExecServer, out=None):
+        self.reactor = reactor
+        self.interface = interface
+        self.port = port
+        self.exec_server = exec_server
+        self.out = out if out is not None else sys.stdout
+        self.listening: Deferred | None = None
+        self._port = None
+
+    def startService(self) -> None:
+        super().startService()
+        if ":" in self.interface:
+            endpoint = endpoints.TCP6ServerEndpoint(self.reactor, self.port, interface=self.interface)
+        else:
+            endpoint = endpoints.TCP4ServerEndpoint(self.reactor, self.port, interface=self.interface)
+        failures = []
+        self.listening = endpoint.listen(websocket.site(self.exec_server))
+        self.listening.addCallbacks(self._listening, failures.append)
+        if failures:
+            failures[0].raiseException()
+
+    def _listening(self, port):
+        self._port = port
+        url = ws_url(port.getHost())
+        self.out.write(url + "\n")
+        self.out.flush()
+        log.info("exec-server listening on {url}", url=url)
+        return port
+
+    def stopService(self):
+        super().stopService()
+        if self._port is not None:
+            return self._port.stopListening()
+
+
+class StdioListener(service.Service):
+    """
+    Serves the one stdio connection; when stdin ends, the server stops.
+    """
+
+    def __init__(self, reactor, exec_server: ExecServer, stdin: int = 0, stdout: int = 1):
+        self.reactor = reactor
+        self.exec_server = exec_server
+        self.stdin = stdin
+        self.stdout = stdout
+
+    def startService(self) -> None:
+        from twisted.internet.stdio import StandardIO
+
+        super().startService()
+        line_protocol = stdio.LineMessageProtocol(self.exec_server.buildConnection(), self._ended)
+        StandardIO(line_protocol, self.stdin, self.stdout, self.reactor)
+        log.info("exec-server listening on stdio")
+
+    def _ended(self) -> None:
+        self.exec_server.shutdown()
+        if self.reactor.running:
+            self.reactor.stop()
+
+
+def _private_stdout() -> int:
+    """
+    Keep the real stdout for protocol messages only: anything else that
+    writes to file descriptor 1 (logs, stray prints) goes to stderr instead.
+    """
+    out = os.dup(1)
+    os.dup2(2, 1)
+    return out
+
+
+def makeService(config: Options, reactor=None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    exec_server = ExecServer(
+        reactor,
+        all_methods(),
+        environment.environment_info,
+        concurrency=config["concurrent-requests"],
+    )
+    top = service.MultiService()
+    ExecServerService(exec_server).setServiceParent(top)
+    if config["listen"] == "stdio":
+        StdioListener(reactor, exec_server, stdout=_private_stdout()).setServiceParent(top)
+    else:
+        WebSocketListener(reactor, config["interface"], config["port"], exec_server).setServiceParent(top)
+    return top

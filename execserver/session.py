@@ -1,0 +1,155 @@
+"""
+Sessions outlive connections.
+
+A session owns the processes a client started. When its connection goes
+away the session is detached: processes keep running and their events keep
+being recorded, but nothing is sent. A new connection may resume it with
+C{initialize}'s C{resumeSessionId} within L{DETACHED_TTL_SECONDS}; after
+that the session expires and every process group it owns is killed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Protocol
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from execserver import rpc
+from execserver.process import ManagedProcess
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+#: How long a detached session waits to be resumed.
+DETACHED_TTL_SECONDS = 30.0
+
+log = Logger()
+
+
+class Attachment(Protocol):
+    """
+    What a session needs of the connection it is attached to.
+    """
+
+    def sendMessage(self, data: bytes) -> None: ...
+
+
+class Session:
+    def __init__(self, registry: "SessionRegistry", session_id: str) -> None:
+        self.registry = registry
+        self.reactor = registry.reactor
+        self.id = session_id
+        self.processes: dict[str, ManagedProcess] = {}
+        self.connection: Attachment | None = None
+        self.generation = 0
+        self.paused = False
+        self.deadline: float | None = None
+        self._expiry: IDelayedCall | None = None
+
+    def deliver(self, message: bytes) -> None:
+        """
+        Send a notification if a connection is attached; drop it otherwise
+        (it stays readable through C{process/read}).
+        """
+        if self.connection is not None:
+            self.connection.sendMessage(message)
+
+    def attach(self, connection: Attachment) -> None:
+        self.connection = connection
+        self.generation += 1
+        self.deadline = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def detach(self, connection: Attachment) -> None:
+        if self.connection is not connection:
+            return
+        self.connection = None
+        self.resumeProducing()
+        self.deadline = self.reactor.seconds() + DETACHED_TTL_SECONDS
+        self._expiry = self.reactor.callLater(DETACHED_TTL_SECONDS, self.expire)
+
+    def expire(self) -> None:
+        self._expiry = None
+        self.registry.remove(self)
+        self.kill_all()
+
+    def kill_all(self) -> None:
+        processes, self.processes = self.processes, {}
+        for process in processes.values():
+            process.discard()
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+
+    def evict_process(self, process: ManagedProcess) -> None:
+        if self.processes.get(process.process_id) is process:
+            del self.processes[process.process_id]
+
+    # IPushProducer, on behalf of every process of the session: the attached
+    # connection pauses them while its outgoing buffer is full.
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        for process in self.processes.values():
+            process.child.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        for process in list(self.processes.values()):
+            process.child.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+
+class SessionRegistry:
+    """
+    Every session of one server process.
+    """
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self.reactor = reactor
+        self.sessions: dict[str, Session] = {}
+
+    def create(self, connection: Attachment) -> Session:
+        session = Session(self, str(uuid.uuid4()))
+        self.sessions[session.id] = session
+        session.attach(connection)
+        return session
+
+    def resume(self, session_id: str, connection: Attachment) -> Session:
+        """
+        @raise rpc.RpcError: the reference's error when the session cannot
+            be resumed.
+        """
+        session = self.sessions.get(session_id)
+        if session is not None and session.connection is None:
+            if self.reactor.seconds() >= session.deadline:
+                session.expire()
+                session = None
+        if session is None:
+            raise rpc.invalid_request(f"unknown session id {session_id}")
+        if session.connection is not None:
+            raise rpc.RpcError(
+                rpc.SESSION_ALREADY_ATTACHED,
+                f"session {session_id} is already attached to another connection",
+            )
+        session.attach(connection)
+        log.info("resumed session {session_id}", session_id=session_id)
+        return session
+
+    def remove(self, session: Session) -> None:
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+
+    def shutdown(self) -> None:
+        """
+        Kill every process of every session.
+        """
+        sessions, self.sessions = self.sessions, {}
+        for session in sessions.values():
+            session.kill_all()

@@ -1,0 +1,354 @@
+"""
+Child processes on the reactor: spawn, stream output, feed stdin, reap.
+
+Each child runs in a new session (so its whole process group can be
+signalled) with either three pipes or a pseudo-terminal. The exit is
+observed through a pidfd, which becomes readable exactly when the child
+exits and lets us reap it without SIGCHLD handlers or races with other
+reapers. Pipe-mode children are started with C{subprocess}'s C{vfork} path,
+which is much cheaper than forking a large Python process; PTY children need
+a controlling terminal, which only code running in the child can set up.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import struct
+import subprocess
+import termios
+from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet import abstract, main
+from twisted.internet.interfaces import IReactorFDSet
+from twisted.python.failure import Failure
+
+#: Bytes asked for per read of a child's output.
+READ_SIZE = 64 * 1024
+
+#: Window size of a new PTY, as the reference sets it.
+PTY_ROWS = 24
+PTY_COLUMNS = 80
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    executable: str
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    tty: bool
+    pipe_stdin: bool
+
+
+class ChildHandler(Protocol):
+    def childOutput(self, stream: str, data: bytes) -> None: ...
+
+    def childStreamEnded(self, stream: str) -> None: ...
+
+    def childExited(self, exit_code: int) -> None: ...
+
+
+def exit_code_from_status(returncode: int) -> int:
+    """
+    A child killed by signal N reports 128 + N, as a shell would.
+    """
+    if returncode < 0:
+        return 128 - returncode
+    return returncode
+
+
+def _acquire_controlling_terminal() -> None:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _set_nonblocking(fd: int) -> None:
+    os.set_blocking(fd, False)
+
+
+class _OutputReader(abstract.FileDescriptor):
+    """
+    Reads one output stream of a child until EOF.
+    """
+
+    def __init__(self, reactor, fd: int, stream: str, child: "Child") -> None:
+        super().__init__(reactor)
+        self.connected = 1
+        self.fd = fd
+        self.stream = stream
+        self.child = child
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self):
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            # A PTY master reports EIO once every slave side is closed.
+            if e.errno == errno.EIO:
+                return main.CONNECTION_DONE
+            return e
+        if not data:
+            return main.CONNECTION_DONE
+        self.child.handler.childOutput(self.stream, data)
+        return None
+
+    def drain(self) -> bool:
+        """
+        Read whatever is buffered now, without waiting; True at EOF.
+        """
+        while self.fd >= 0:
+            try:
+                data = os.read(self.fd, READ_SIZE)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            if not data:
+                return True
+            self.child.handler.childOutput(self.stream, data)
+        return True
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self.child._readerLost(self)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _end(reader: "_OutputReader") -> None:
+    reader.stopReading()
+    reader.connectionLost(Failure(main.CONNECTION_DONE))
+
+
+class _InputWriter(abstract.FileDescriptor):
+    """
+    Writes to a child's stdin; bytes are queued and written in order.
+    """
+
+    def __init__(self, reactor, fd: int) -> None:
+        super().__init__(reactor)
+        self.connected = 1
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def writeSomeData(self, data: bytes):
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as e:
+            # The child closed its stdin or died; the reference ignores
+            # errors writing to the pipe.
+            return e
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _PtyMaster(_OutputReader):
+    """
+    The master side of a PTY carries output and input on one descriptor.
+    """
+
+    def writeSomeData(self, data: bytes):
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as e:
+            return e
+
+
+class _ExitWatcher(abstract.FileDescriptor):
+    """
+    Becomes readable when the child exits.
+    """
+
+    def __init__(self, reactor, pidfd: int, child: "Child") -> None:
+        super().__init__(reactor)
+        self.connected = 1
+        self.pidfd = pidfd
+        self.child = child
+
+    def fileno(self) -> int:
+        return self.pidfd
+
+    def doRead(self):
+        self.stopReading()
+        os.close(self.pidfd)
+        self.pidfd = -1
+        self.child._exited()
+
+
+class Child:
+    """
+    A running child: its pid, its output readers, its stdin, and its exit.
+    """
+
+    def __init__(self, reactor: IReactorFDSet, spec: ChildSpec, handler: ChildHandler):
+        self.reactor = reactor
+        self.spec = spec
+        self.handler = handler
+        self.readers: list[_OutputReader] = []
+        self.stdin: abstract.FileDescriptor | None = None
+        self.popen: subprocess.Popen | None = None
+        self.pid = -1
+        self.exit_code: int | None = None
+        self._paused = False
+
+    def start(self) -> None:
+        """
+        @raise OSError: the child could not be started.
+        """
+        if self.spec.tty:
+            self._start_pty()
+        else:
+            self._start_pipes()
+        self.pid = self.popen.pid
+        watcher = _ExitWatcher(self.reactor, os.pidfd_open(self.pid), self)
+        watcher.startReading()
+        for reader in self.readers:
+            reader.startReading()
+
+    def _spawn(self, stdin: int, stdout: int, stderr: int, **extra) -> None:
+        spec = self.spec
+        self.popen = subprocess.Popen(
+            spec.argv,
+            executable=spec.executable,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=spec.cwd,
+            env=spec.env,
+            close_fds=True,
+            start_new_session=True,
+            restore_signals=True,
+            **extra,
+        )
+
+    def _start_pipes(self) -> None:
+        out_read, out_write = os.pipe2(os.O_CLOEXEC)
+        err_read, err_write = os.pipe2(os.O_CLOEXEC)
+        if self.spec.pipe_stdin:
+            in_read, in_write = os.pipe2(os.O_CLOEXEC)
+        else:
+            in_read, in_write = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
+        try:
+            self._spawn(in_read, out_write, err_write)
+        except BaseException:
+            for fd in (out_read, err_read, in_write):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (out_write, err_write, in_read):
+                os.close(fd)
+        for fd in (out_read, err_read):
+            _set_nonblocking(fd)
+        self.readers = [
+            _OutputReader(self.reactor, out_read, "stdout", self),
+            _OutputReader(self.reactor, err_read, "stderr", self),
+        ]
+        if in_write >= 0:
+            _set_nonblocking(in_write)
+            self.stdin = _InputWriter(self.reactor, in_write)
+
+    def _start_pty(self) -> None:
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", PTY_ROWS, PTY_COLUMNS, 0, 0))
+        os.set_inheritable(master, False)
+        try:
+            self._spawn(slave, slave, slave, preexec_fn=_acquire_controlling_terminal)
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        _set_nonblocking(master)
+        pty = _PtyMaster(self.reactor, master, "pty", self)
+        self.readers = [pty]
+        self.stdin = pty
+
+    def write(self, data: bytes) -> bool:
+        """
+        Queue bytes for the child's stdin; False if there is no stdin.
+        """
+        if self.stdin is None or self.stdin.disconnected:
+            return False
+        if self.stdin.disconnecting and not self.spec.tty:
+            return False
+        self.stdin.write(data)
+        return True
+
+    @property
+    def has_stdin(self) -> bool:
+        return self.stdin is not None
+
+    def signal_group(self, signum: int) -> None:
+        """
+        Signal the child's whole process group.
+
+        @raise OSError: if the group cannot be signalled.
+        """
+        os.killpg(self.pid, signum)
+
+    def kill(self) -> None:
+        """
+        SIGKILL the process group and stop reading its output: the streams end
+        even if a stray descendant outside the group still holds them open.
+        """
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for reader in list(self.readers):
+            reader.drain()
+            _end(reader)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        for reader in self.readers:
+            reader.stopReading()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        for reader in self.readers:
+            if reader.fd >= 0:
+                reader.startReading()
+
+    def _readerLost(self, reader: _OutputReader) -> None:
+        if reader not in self.readers:
+            return
+        self.readers.remove(reader)
+        if isinstance(reader, _PtyMaster):
+            self.stdin = None
+        reader.close()
+        self.handler.childStreamEnded(reader.stream)
+
+    def _exited(self) -> None:
+        returncode = self.popen.poll()
+        if returncode is None:
+            returncode = self.popen.wait()
+        # Output written before the exit is recorded before the exit.
+        for reader in list(self.readers):
+            if reader.drain():
+                _end(reader)
+        self.exit_code = exit_code_from_status(returncode)
+        if self.stdin is not None and not self.spec.tty:
+            self.stdin.loseConnection()
+        self.handler.childExited(self.exit_code)

@@ -1,0 +1,3 @@
+"""
+Transports that carry JSON-RPC messages: WebSocket and stdio.
+"""

@@ -1,0 +1,104 @@
+"""
+The stdio transport: newline-delimited JSON on stdin and stdout.
+
+One message per line in each direction (C{\\n} or C{\\r\\n} in; C{\\n} out);
+blank lines are skipped. A line longer than L{MAX_LINE_BYTES} ends the
+connection. There is exactly one connection: when stdin ends, the server
+kills every process it started and exits.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet import protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from execserver.interfaces import IMessageProtocol, IMessageTransport
+
+#: Longest accepted line, without its terminator.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+@implementer(IMessageTransport)
+class LineMessageProtocol(protocol.Protocol):
+    """
+    Splits a byte stream into lines and hands each to a message protocol.
+
+    Only the newly arrived bytes are searched for a newline, so a long line
+    arriving in many pieces costs linear time.
+    """
+
+    parseErrorPrefix = "failed to parse JSON-RPC message from exec-server stdio"
+
+    def __init__(
+        self, message_protocol: IMessageProtocol, ended: Callable[[], None] | None = None
+    ) -> None:
+        self.message_protocol = message_protocol
+        self._ended = ended
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+
+    def connectionMade(self) -> None:
+        self.message_protocol.makeConnection(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                break
+            piece = data[start:end]
+            start = end + 1
+            if self._pending:
+                self._pending.append(piece)
+                line = b"".join(self._pending)
+                self._pending = []
+                self._pending_size = 0
+            else:
+                line = piece
+            if not self._deliver(line):
+                return
+        rest = data[start:]
+        if rest:
+            self._pending.append(rest)
+            self._pending_size += len(rest)
+            if self._pending_size > MAX_LINE_BYTES + 1:
+                self._too_long()
+
+    def _deliver(self, line: bytes) -> bool:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > MAX_LINE_BYTES:
+            self._too_long()
+            return False
+        if line.strip():
+            self.message_protocol.messageReceived(line)
+        return self.transport is not None and not self.transport.disconnecting
+
+    def _too_long(self) -> None:
+        self._pending = []
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.message_protocol.connectionLost(reason)
+        if self._ended is not None:
+            self._ended()
+
+    # IMessageTransport
+
+    def sendMessage(self, data: bytes) -> None:
+        self.transport.writeSequence((data, b"\n"))
+
+    def loseConnection(self) -> None:
+        self.transport.loseConnection()
+
+    def abortConnection(self) -> None:
+        self.transport.loseConnection()
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.transport.unregisterProducer()

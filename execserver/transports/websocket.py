@@ -1,0 +1,133 @@
+"""
+The local WebSocket listener.
+
+    GET /         WebSocket upgrade; one JSON-RPC message per WebSocket
+                  message, text frames out, text or binary frames in
+    GET /readyz   200, empty body
+    anything else 404
+    any request carrying an Origin header: 403 (browsers send one; the
+    exec-server is not for web pages)
+
+The server pings every 30 s and does not enforce a pong deadline.
+"""
+
+from __future__ import annotations
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+from zope.interface import implementer
+
+from execserver.interfaces import IMessageTransport
+
+PING_INTERVAL_SECONDS = 30
+#: The reference's limits (tungstenite's defaults).
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@implementer(IMessageTransport)
+class _MessageTransport:
+    """
+    The JSON-RPC connection's view of a WebSocket.
+    """
+
+    def __init__(self, protocol: "ExecServerWebSocketProtocol") -> None:
+        self._protocol = protocol
+        peer = protocol.transport.getPeer()
+        host = f"[{peer.host}]" if ":" in peer.host else peer.host
+        self.parseErrorPrefix = (
+            "failed to parse websocket JSON-RPC message from "
+            f"exec-server websocket {host}:{peer.port}"
+        )
+
+    def sendMessage(self, data: bytes) -> None:
+        self._protocol.sendMessage(data, isBinary=False)
+
+    def loseConnection(self) -> None:
+        self._protocol.sendClose()
+
+    def abortConnection(self) -> None:
+        self._protocol.transport.abortConnection()
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self._protocol.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._protocol.transport.unregisterProducer()
+
+
+class ExecServerWebSocketProtocol(WebSocketServerProtocol):
+    connection = None
+
+    def onOpen(self) -> None:
+        self.connection = self.factory.server.buildConnection()
+        self.connection.makeConnection(_MessageTransport(self))
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.connection.messageReceived(payload)
+
+    def onClose(self, wasClean: bool, code, reason) -> None:
+        if self.connection is not None:
+            connection, self.connection = self.connection, None
+            connection.connectionLost(Failure(ConnectionError(code, reason)))
+
+
+class _Ready(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.defaultContentType = None
+        return b""
+
+
+class _Forbidden(resource.Resource):
+    isLeaf = True
+
+    def render(self, request: server.Request) -> bytes:
+        request.setResponseCode(403)
+        request.defaultContentType = None
+        return b""
+
+
+class _Root(resource.Resource):
+    def __init__(self, websocket: resource.Resource) -> None:
+        super().__init__()
+        self._websocket = websocket
+        self._ready = _Ready()
+
+    def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
+        if request.getHeader(b"origin") is not None:
+            return _Forbidden()
+        if not request.postpath:
+            if path == b"":
+                return self._websocket
+            if path == b"readyz":
+                return self._ready
+        return resource.NoResource()
+
+
+def site(exec_server) -> server.Site:
+    """
+    The HTTP site serving the WebSocket endpoint for an
+    L{execserver.server.ExecServer}.
+    """
+    factory = WebSocketServerFactory()
+    factory.protocol = ExecServerWebSocketProtocol
+    factory.server = exec_server
+    factory.setProtocolOptions(
+        autoPingInterval=PING_INTERVAL_SECONDS,
+        autoPingTimeout=0,
+        maxFramePayloadSize=MAX_FRAME_BYTES,
+        maxMessagePayloadSize=MAX_MESSAGE_BYTES,
+        perMessageCompressionAccept=lambda offers: None,
+        openHandshakeTimeout=0,
+        closeHandshakeTimeout=1,
+        trustXForwardedFor=0,
+    )
+    root = _Root(WebSocketResource(factory))
+    http = server.Site(root)
+    http.displayTracebacks = False
+    http.noisy = False
+    return http
