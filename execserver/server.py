@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -62,15 +64,23 @@ class ExecServer:
         methods: dict[str, Method],
         environment_info: Callable[[], dict],
         concurrency: int = 1,
+        threadpool: ThreadPool | None = None,
     ) -> None:
         self.reactor = reactor
         self.methods = methods
         self.environment_info = environment_info
         self.concurrency = concurrency
         self.registry = SessionRegistry(reactor)
+        self.threadpool = threadpool
 
     def buildConnection(self) -> "ServerConnection":
         return ServerConnection(self)
+
+    def run_blocking(self, function: Callable, *args, **kwargs) -> Deferred:
+        """
+        Run blocking work (file I/O) off the reactor thread.
+        """
+        return deferToThreadPool(self.reactor, self.threadpool, function, *args, **kwargs)
 
     def shutdown(self) -> None:
         self.registry.shutdown()
@@ -90,9 +100,12 @@ class ServerConnection:
         self.session: Session | None = None
         self.initialize_requested = False
         self.initialized = False
-        #: Per-connection resources (file handles, HTTP streams) by owner.
+        #: Per-connection state of other modules (file handles, HTTP
+        #: streams), keyed by the module that owns it.
         self.resources: dict[str, Any] = {}
         self._closers: list[Callable[[], None]] = []
+        self._producers: set = set()
+        self.paused = False
         self._queue: collections.deque[bytes] = collections.deque()
         self._busy = False
         self._in_flight: set[Deferred] = set()
@@ -142,16 +155,34 @@ class ServerConnection:
         """
         self._closers.append(close)
 
+    def addProducer(self, producer) -> None:
+        """
+        Pause C{producer} (an IPushProducer streaming into this connection)
+        whenever the connection's outgoing buffer is full.
+        """
+        self._producers.add(producer)
+        if self.paused:
+            producer.pauseProducing()
+
+    def removeProducer(self, producer) -> None:
+        self._producers.discard(producer)
+
     # IPushProducer: the transport pauses us while its buffer is full, and
     # we pass that on to whatever streams into this connection.
 
     def pauseProducing(self) -> None:
+        self.paused = True
         if self.session is not None:
             self.session.pauseProducing()
+        for producer in list(self._producers):
+            producer.pauseProducing()
 
     def resumeProducing(self) -> None:
+        self.paused = False
         if self.session is not None:
             self.session.resumeProducing()
+        for producer in list(self._producers):
+            producer.resumeProducing()
 
     def stopProducing(self) -> None:
         pass
@@ -244,8 +275,9 @@ class ServerConnection:
         self.sendMessage(rpc.encode_error(request.id, error.code, error.message))
 
     def _call(self, method: Method, params: Any) -> Any:
-        self._gate(method.family)
+        # As in the reference, params are decoded before the handshake gate.
         decoded = P.decode_params(method.params, params)
+        self._gate(method.family)
         return method.handler(self, decoded)
 
     def _gate(self, family: str) -> None:

@@ -19,12 +19,16 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 
 from execserver import environment, process_methods
 from execserver.server import ExecServer
 from execserver.transports import stdio, websocket
 
 log = Logger()
+
+#: Threads for blocking filesystem work.
+THREADS = 8
 
 
 def all_methods() -> dict:
@@ -64,14 +68,20 @@ class Options(usage.Options):
 
 class ExecServerService(service.Service):
     """
-    Owns the server core; stopping it kills every managed process group.
+    Owns the server core and its thread pool; stopping it kills every
+    managed process group.
     """
 
     def __init__(self, exec_server: ExecServer) -> None:
         self.exec_server = exec_server
 
+    def startService(self) -> None:
+        super().startService()
+        self.exec_server.threadpool.start()
+
     def stopService(self):
         self.exec_server.shutdown()
+        self.exec_server.threadpool.stop()
         return super().stopService()
 
 
@@ -163,6 +173,7 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         all_methods(),
         environment.environment_info,
         concurrency=config["concurrent-requests"],
+        threadpool=ThreadPool(minthreads=0, maxthreads=THREADS, name="execserver-io"),
     )
     top = service.MultiService()
     ExecServerService(exec_server).setServiceParent(top)

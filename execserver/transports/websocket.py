@@ -1,5 +1,6 @@
 """
-The local WebSocket listener.
+WebSocket transports: the local listener, and the client side used by the
+client library and the tests.
 
     GET /         WebSocket upgrade; one JSON-RPC message per WebSocket
                   message, text frames out, text or binary frames in
@@ -13,8 +14,17 @@ The server pings every 30 s and does not enforce a pong deadline.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 from zope.interface import implementer
@@ -28,13 +38,16 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 @implementer(IMessageTransport)
-class _MessageTransport:
+class MessageTransport:
     """
-    The JSON-RPC connection's view of a WebSocket.
+    The JSON-RPC connection's view of a WebSocket (either side).
+
+    C{protocol} is the autobahn protocol underneath, for callers that need
+    WebSocket specifics (binary frames, pings).
     """
 
-    def __init__(self, protocol: "ExecServerWebSocketProtocol") -> None:
-        self._protocol = protocol
+    def __init__(self, protocol) -> None:
+        self.protocol = protocol
         peer = protocol.transport.getPeer()
         host = f"[{peer.host}]" if ":" in peer.host else peer.host
         self.parseErrorPrefix = (
@@ -43,19 +56,19 @@ class _MessageTransport:
         )
 
     def sendMessage(self, data: bytes) -> None:
-        self._protocol.sendMessage(data, isBinary=False)
+        self.protocol.sendMessage(data, isBinary=False)
 
     def loseConnection(self) -> None:
-        self._protocol.sendClose()
+        self.protocol.sendClose()
 
     def abortConnection(self) -> None:
-        self._protocol.transport.abortConnection()
+        self.protocol.transport.abortConnection()
 
     def registerProducer(self, producer, streaming: bool) -> None:
-        self._protocol.transport.registerProducer(producer, streaming)
+        self.protocol.transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        self._protocol.transport.unregisterProducer()
+        self.protocol.transport.unregisterProducer()
 
 
 class ExecServerWebSocketProtocol(WebSocketServerProtocol):
@@ -63,7 +76,7 @@ class ExecServerWebSocketProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self.connection = self.factory.server.buildConnection()
-        self.connection.makeConnection(_MessageTransport(self))
+        self.connection.makeConnection(MessageTransport(self))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.connection.messageReceived(payload)
@@ -131,3 +144,65 @@ def site(exec_server) -> server.Site:
     http.displayTracebacks = False
     http.noisy = False
     return http
+
+
+class WebSocketConnectError(ConnectionError):
+    """
+    The WebSocket connection could not be opened (refused, HTTP error...).
+    """
+
+
+class _ClientProtocol(WebSocketClientProtocol):
+    message_protocol = None
+
+    def onOpen(self) -> None:
+        self.message_protocol = self.factory.message_protocol
+        transport = MessageTransport(self)
+        self.message_protocol.makeConnection(transport)
+        opened, self.factory.opened = self.factory.opened, None
+        opened.callback(transport)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.message_protocol.messageReceived(payload)
+
+    def onClose(self, wasClean: bool, code, reason) -> None:
+        if self.message_protocol is not None:
+            message_protocol, self.message_protocol = self.message_protocol, None
+            message_protocol.connectionLost(Failure(ConnectionError(code, reason)))
+        elif self.factory.opened is not None:
+            opened, self.factory.opened = self.factory.opened, None
+            opened.errback(WebSocketConnectError(self.wasNotCleanReason or reason))
+
+
+def connect(reactor, url: str, message_protocol, headers: dict | None = None) -> Deferred:
+    """
+    Open a WebSocket to C{url} (C{ws://HOST:PORT/...}) and attach
+    C{message_protocol} to it.
+
+    @return: fires with the L{MessageTransport} once the WebSocket is open.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or parts.hostname is None:
+        raise ValueError(f"expected a ws://HOST:PORT URL, got {url!r}")
+    factory = WebSocketClientFactory(url, headers=headers or {})
+    factory.protocol = _ClientProtocol
+    factory.message_protocol = message_protocol
+    factory.opened = Deferred()
+    factory.setProtocolOptions(
+        maxFramePayloadSize=MAX_FRAME_BYTES,
+        maxMessagePayloadSize=MAX_MESSAGE_BYTES,
+        openHandshakeTimeout=30,
+        closeHandshakeTimeout=1,
+        autoPingInterval=0,
+    )
+    endpoint = endpoints.HostnameEndpoint(reactor, parts.hostname, parts.port or 80)
+    opened = factory.opened
+
+    def failed(reason):
+        if factory.opened is not None:
+            factory.opened = None
+            return reason
+        return None
+
+    endpoint.connect(factory).addErrback(failed).addErrback(opened.errback)
+    return opened

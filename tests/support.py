@@ -1,0 +1,227 @@
+"""
+Test support: real servers in child processes, and a WebSocket client that
+queues what it receives so tests can wait for exactly the message they
+expect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet import defer, error, protocol, reactor
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+import execserver
+from execserver.interfaces import IMessageProtocol
+from execserver.transports import websocket
+
+#: How long any single awaited event may take before the test is broken.
+EVENT_TIMEOUT = 20.0
+
+PROJECT_ROOT = Path(execserver.__file__).resolve().parent.parent
+
+_reference_binary: str | None = None
+
+
+def reference_binary() -> str:
+    """
+    The reference C{codex} binary, installed by the project's script.
+
+    No skipping: when it cannot be installed the interop tests fail.
+    """
+    global _reference_binary
+    if _reference_binary is None:
+        result = subprocess.run(
+            [str(PROJECT_ROOT / "scripts" / "install-reference")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                "the reference exec-server could not be installed:\n" + result.stderr
+            )
+        _reference_binary = result.stdout.strip().splitlines()[-1]
+    return _reference_binary
+
+
+def with_timeout(d: Deferred, seconds: float = EVENT_TIMEOUT) -> Deferred:
+    return d.addTimeout(seconds, reactor)
+
+
+class _ServerProcess(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.url: Deferred = Deferred()
+        self.ended: Deferred = Deferred()
+        self.stdout = b""
+        self.stderr = b""
+
+    def outVolume(self, data: bytes) -> None:
+        self.stdout += data
+        for line in self.stdout.split(b"\n")[:-1]:
+            if line.startswith(b"ws://") and not self.url.called:
+                self.url.callback(line.decode().strip())
+
+    outReceived = outVolume
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+
+    def processEnded(self, reason: Failure) -> None:
+        if not self.url.called:
+            self.url.errback(RuntimeError(
+                "server exited before announcing its URL:\n" + self.stderr.decode(errors="replace")
+            ))
+        self.ended.callback(reason.value)
+
+
+class RunningServer:
+    """
+    An exec-server (ours or the reference) in a child process.
+    """
+
+    def __init__(self, kind: str, url: str, process, proto: _ServerProcess, home: str):
+        self.kind = kind
+        self.url = url
+        self.process = process
+        self.proto = proto
+        self.home = home
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def stop(self) -> None:
+        if not self.proto.ended.called:
+            try:
+                self.process.signalProcess("TERM")
+            except error.ProcessExitedAlready:
+                pass
+        await with_timeout(self.proto.ended)
+
+
+def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    env.update(extra or {})
+    return env
+
+
+async def start_server(
+    kind: str,
+    args: list[str] = (),
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> RunningServer:
+    """
+    Start C{kind} ("ours" or "reference") listening on an ephemeral port.
+    """
+    home = tempfile.mkdtemp(prefix="execserver-test-home-")
+    full_env = server_environment(env)
+    if kind == "reference":
+        full_env["CODEX_HOME"] = home
+        argv = [reference_binary(), "exec-server", "--listen", "ws://127.0.0.1:0", *args]
+    else:
+        argv = [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "execserver", "--port", "0", *args,
+        ]
+    proto = _ServerProcess()
+    process = reactor.spawnProcess(proto, argv[0], argv, env=full_env, path=cwd or home)
+    try:
+        url = await with_timeout(proto.url)
+    except BaseException:
+        if not proto.ended.called:
+            process.signalProcess("KILL")
+        await proto.ended
+        raise
+    return RunningServer(kind, url, process, proto, home)
+
+
+class Disconnected(Exception):
+    pass
+
+
+@implementer(IMessageProtocol)
+class MessageQueue:
+    """
+    A message protocol that queues incoming messages (parsed JSON) for tests.
+    """
+
+    def __init__(self) -> None:
+        self.transport = None
+        self.messages: list[Any] = []
+        self.raw: list[bytes] = []
+        self._waiters: list[tuple[Callable[[Any], bool], Deferred]] = []
+        self.lost: Deferred = Deferred()
+
+    def makeConnection(self, transport) -> None:
+        self.transport = transport
+
+    def messageReceived(self, data: bytes) -> None:
+        self.raw.append(data)
+        message = json.loads(data)
+        for i, (match, waiter) in enumerate(self._waiters):
+            if match(message):
+                del self._waiters[i]
+                waiter.callback(message)
+                return
+        self.messages.append(message)
+
+    def connectionLost(self, reason) -> None:
+        waiters, self._waiters = self._waiters, []
+        for _, waiter in waiters:
+            waiter.errback(Disconnected(reason.value))
+        if not self.lost.called:
+            self.lost.callback(reason.value)
+
+    def next(self, match: Callable[[Any], bool] = lambda m: True, timeout=EVENT_TIMEOUT) -> Deferred:
+        """
+        The first queued (or next arriving) message for which C{match} holds.
+        """
+        for i, message in enumerate(self.messages):
+            if match(message):
+                del self.messages[i]
+                return defer.succeed(message)
+        if self.lost.called:
+            return defer.fail(Disconnected())
+        waiter = Deferred()
+        self._waiters.append((match, waiter))
+        return with_timeout(waiter, timeout)
+
+    def response(self, id: Any, timeout=EVENT_TIMEOUT) -> Deferred:
+        return self.next(lambda m: "method" not in m and m.get("id") == id, timeout)
+
+    def notification(self, match: Callable[[Any], bool] = lambda m: True) -> Deferred:
+        return self.next(lambda m: "method" in m and "id" not in m and match(m))
+
+    def send(self, message: Any) -> None:
+        self.transport.sendMessage(json.dumps(message).encode())
+
+    def send_raw(self, data: bytes | str, binary: bool = False) -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        self.transport.protocol.sendMessage(data, isBinary=binary)
+
+    def close(self) -> Deferred:
+        if not self.lost.called:
+            self.transport.loseConnection()
+        return with_timeout(self.lost)
+
+
+async def connect(url: str) -> MessageQueue:
+    queue = MessageQueue()
+    await with_timeout(websocket.connect(reactor, url, queue))
+    return queue
