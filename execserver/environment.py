@@ -4,11 +4,11 @@ C{environment/info} and C{environment/status}: what this executor host is.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import shutil
 import sys
-import tempfile
 
 import execserver
 from execserver import params as P
@@ -76,25 +76,62 @@ CAPABILITIES = {
 }
 
 
+#: Identifies this executor implementation, as the reference's build-time
+#: provider id identifies its own build.
+PROVIDER_ID = "sha256:" + hashlib.sha256(
+    f"execserver {execserver.__version__}".encode()
+).hexdigest()
+
+
+def _home() -> str | None:
+    home = os.environ.get("HOME")
+    if not home:
+        try:
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except KeyError:
+            return None
+    return home if home.startswith("/") else None
+
+
+def _temp_dir(cwd: bytes | None) -> str | None:
+    tmpdir = os.environ.get("TMPDIR")
+    if tmpdir is None:
+        return "/tmp"
+    if tmpdir.startswith("/"):
+        return tmpdir.rstrip("/") or "/"
+    if cwd is None:
+        return None
+    # An empty TMPDIR names the working directory, as a relative one is
+    # relative to it.
+    return os.path.join(os.fsdecode(cwd), tmpdir).rstrip("/")
+
+
 def environment_info() -> dict:
+    """
+    Computed on every call: the working directory or TMPDIR may change.
+    """
     try:
-        cwd = paths.from_host_path(os.getcwdb())
+        cwd = os.getcwdb()
     except OSError:
         cwd = None
-    home = os.path.expanduser("~")
-    tmpdir = os.environ.get("TMPDIR")
-    temporary = [paths.from_host_path(os.path.abspath(tmpdir))] if tmpdir else []
-    return {
+    home = _home()
+    temp = _temp_dir(cwd)
+    info = {
         "shell": detect_shell(),
         "executorVersion": execserver.__version__,
-        "cwd": cwd,
-        "userHomeDir": paths.from_host_path(home) if home.startswith("/") else None,
-        "platformOs": sys.platform,
-        "prependPathDirs": [],
-        "temporaryDirectories": temporary,
-        "tempDir": paths.from_host_path(tempfile.gettempdir()),
-        "capabilities": dict(CAPABILITIES),
+        "providerId": PROVIDER_ID,
+        "cwd": paths.from_host_path(cwd) if cwd is not None else None,
     }
+    if home is not None:
+        info["userHomeDir"] = paths.from_host_path(home)
+    info["platformOs"] = sys.platform
+    info["temporaryDirectories"] = (
+        [paths.from_host_path(temp)] if os.environ.get("TMPDIR") and temp else []
+    )
+    if temp is not None:
+        info["tempDir"] = paths.from_host_path(temp)
+    info["capabilities"] = dict(CAPABILITIES)
+    return info
 
 
 def info(connection, params) -> dict:
