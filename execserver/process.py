@@ -188,7 +188,7 @@ class ManagedProcess:
             "process/closed", {"processId": self.process_id, "seq": seq}
         ))
         self._wake()
-        self._eviction = self.session.reactor.callLater(
+        self._eviction = self.session.clock.callLater(
             CLOSED_RETENTION_SECONDS, self.session.evict_process, self
         )
 
@@ -244,9 +244,11 @@ class ManagedProcess:
     def kill(self) -> None:
         self.child.kill()
 
-    def discard(self) -> None:
+    def discard(self) -> Deferred:
         """
-        Forget the process: its session expired or its retention ended.
+        Forget the process (its session ended), killing it if it still runs.
+
+        @return: fires once the child has been reaped.
         """
         if self._eviction is not None and self._eviction.active():
             self._eviction.cancel()
@@ -255,3 +257,4 @@ class ManagedProcess:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(None)
+        return self.child.reaped

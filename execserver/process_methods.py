@@ -187,14 +187,14 @@ def _ready(snapshot: dict, after_seq: int) -> bool:
     )
 
 
-async def _long_poll(reactor, process: ManagedProcess, after_seq, max_bytes, deadline) -> dict:
+async def _long_poll(clock, process: ManagedProcess, after_seq, max_bytes, deadline) -> dict:
     while True:
         snapshot = process.snapshot(after_seq, max_bytes)
-        remaining = deadline - reactor.seconds()
+        remaining = deadline - clock.seconds()
         if _ready(snapshot, after_seq) or remaining <= 0:
             return snapshot
         try:
-            await process.changed().addTimeout(remaining, reactor)
+            await process.changed().addTimeout(remaining, clock)
         except TimeoutError:
             return process.snapshot(after_seq, max_bytes)
 
@@ -209,9 +209,9 @@ def read(connection: ServerConnection, p: dict) -> Any:
     wait_ms = p["waitMs"] or 0
     if wait_ms == 0 or _ready(snapshot, after_seq):
         return snapshot
-    reactor = connection.reactor
-    deadline = reactor.seconds() + wait_ms / 1000.0
-    return ensureDeferred(_long_poll(reactor, process, after_seq, max_bytes, deadline))
+    clock = connection.server.clock
+    deadline = clock.seconds() + wait_ms / 1000.0
+    return ensureDeferred(_long_poll(clock, process, after_seq, max_bytes, deadline))
 
 
 def write(connection: ServerConnection, p: dict) -> dict:

@@ -65,12 +65,15 @@ class ExecServer:
         environment_info: Callable[[], dict],
         concurrency: int = 1,
         threadpool: ThreadPool | None = None,
+        clock=None,
     ) -> None:
         self.reactor = reactor
+        #: Timers; the reactor unless a test injects a clock.
+        self.clock = clock if clock is not None else reactor
         self.methods = methods
         self.environment_info = environment_info
         self.concurrency = concurrency
-        self.registry = SessionRegistry(reactor)
+        self.registry = SessionRegistry(reactor, self.clock)
         self.threadpool = threadpool
 
     def buildConnection(self) -> "ServerConnection":
@@ -82,8 +85,11 @@ class ExecServer:
         """
         return deferToThreadPool(self.reactor, self.threadpool, function, *args, **kwargs)
 
-    def shutdown(self) -> None:
-        self.registry.shutdown()
+    def shutdown(self) -> Deferred:
+        """
+        Kill every managed process group; fires once all are reaped.
+        """
+        return self.registry.shutdown()
 
 
 @implementer(IMessageProtocol)

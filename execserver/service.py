@@ -80,9 +80,9 @@ class ExecServerService(service.Service):
         self.exec_server.threadpool.start()
 
     def stopService(self):
-        self.exec_server.shutdown()
+        super().stopService()
         self.exec_server.threadpool.stop()
-        return super().stopService()
+        return self.exec_server.shutdown()
 
 
 def ws_url(address) -> str:
@@ -150,9 +150,11 @@ class StdioListener(service.Service):
         log.info("exec-server listening on stdio")
 
     def _ended(self) -> None:
-        self.exec_server.shutdown()
-        if self.reactor.running:
-            self.reactor.stop()
+        def stop(_):
+            if self.reactor.running:
+                self.reactor.stop()
+
+        self.exec_server.shutdown().addBoth(stop)
 
 
 def _private_stdout() -> int:

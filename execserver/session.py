@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Protocol
 
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -40,6 +41,7 @@ class Session:
     def __init__(self, registry: "SessionRegistry", session_id: str) -> None:
         self.registry = registry
         self.reactor = registry.reactor
+        self.clock = registry.clock
         self.id = session_id
         self.processes: dict[str, ManagedProcess] = {}
         self.connection: Attachment | None = None
@@ -69,21 +71,25 @@ class Session:
             return
         self.connection = None
         self.resumeProducing()
-        self.deadline = self.reactor.seconds() + DETACHED_TTL_SECONDS
-        self._expiry = self.reactor.callLater(DETACHED_TTL_SECONDS, self.expire)
+        self.deadline = self.clock.seconds() + DETACHED_TTL_SECONDS
+        self._expiry = self.clock.callLater(DETACHED_TTL_SECONDS, self.expire)
 
     def expire(self) -> None:
         self._expiry = None
         self.registry.remove(self)
         self.kill_all()
 
-    def kill_all(self) -> None:
+    def kill_all(self) -> list[Deferred]:
+        """
+        Kill every process group of the session.
+
+        @return: Deferreds that fire as each child is reaped.
+        """
         processes, self.processes = self.processes, {}
-        for process in processes.values():
-            process.discard()
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self._expiry = None
+        return [process.discard() for process in processes.values()]
 
     def evict_process(self, process: ManagedProcess) -> None:
         if self.processes.get(process.process_id) is process:
@@ -111,8 +117,11 @@ class SessionRegistry:
     Every session of one server process.
     """
 
-    def __init__(self, reactor: IReactorTime) -> None:
+    def __init__(self, reactor, clock: IReactorTime | None = None) -> None:
+        #: Runs the child processes' I/O.
         self.reactor = reactor
+        #: Runs the timers (detached sessions, closed processes).
+        self.clock = clock if clock is not None else reactor
         self.sessions: dict[str, Session] = {}
 
     def create(self, connection: Attachment) -> Session:
@@ -128,7 +137,7 @@ class SessionRegistry:
         """
         session = self.sessions.get(session_id)
         if session is not None and session.connection is None:
-            if self.reactor.seconds() >= session.deadline:
+            if self.clock.seconds() >= session.deadline:
                 session.expire()
                 session = None
         if session is None:
@@ -146,10 +155,12 @@ class SessionRegistry:
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> Deferred:
         """
         Kill every process of every session.
+
+        @return: fires once every child has been reaped.
         """
         sessions, self.sessions = self.sessions, {}
-        for session in sessions.values():
-            session.kill_all()
+        reaped = [d for session in sessions.values() for d in session.kill_all()]
+        return DeferredList(reaped)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from twisted.internet import abstract, main
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.python.failure import Failure
 
@@ -209,6 +210,8 @@ class Child:
         self.popen: subprocess.Popen | None = None
         self.pid = -1
         self.exit_code: int | None = None
+        #: Fires with the exit code once the child has been reaped.
+        self.reaped: Deferred = Deferred()
         self._paused = False
 
     def start(self) -> None:
@@ -352,3 +355,4 @@ class Child:
         if self.stdin is not None and not self.spec.tty:
             self.stdin.loseConnection()
         self.handler.childExited(self.exit_code)
+        self.reaped.callback(self.exit_code)

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import execserver
-from execserver.interfaces import IMessageProtocol
+from execserver.interfaces import IMessageProtocol, IMessageTransport
 from execserver.transports import websocket
 
 #: How long any single awaited event may take before the test is broken.
@@ -225,3 +225,84 @@ async def connect(url: str) -> MessageQueue:
     queue = MessageQueue()
     await with_timeout(websocket.connect(reactor, url, queue))
     return queue
+
+
+@implementer(IMessageTransport)
+class FakeMessageTransport:
+    """
+    An in-memory message transport: records what the connection sends.
+    """
+
+    parseErrorPrefix = "failed to parse JSON-RPC message from test"
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.aborted = False
+        self.closed = False
+        self.producer = None
+
+    def sendMessage(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def loseConnection(self) -> None:
+        self.closed = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def messages(self) -> list[Any]:
+        return [json.loads(data) for data in self.sent]
+
+    def take(self) -> list[Any]:
+        messages = self.messages()
+        self.sent.clear()
+        return messages
+
+
+def build_exec_server(testcase, clock=None, concurrency: int = 1):
+    """
+    A server core with every method, its timers on C{clock}; at the end of
+    the test its processes are killed and reaped and its threads stopped.
+    """
+    from twisted.python.threadpool import ThreadPool
+
+    from execserver import environment, service
+    from execserver.server import ExecServer
+
+    pool = ThreadPool(minthreads=0, maxthreads=2)
+    pool.start()
+    testcase.addCleanup(pool.stop)
+    exec_server = ExecServer(
+        reactor,
+        service.all_methods(),
+        environment.environment_info,
+        concurrency=concurrency,
+        threadpool=pool,
+        clock=clock,
+    )
+    testcase.addCleanup(exec_server.shutdown)
+    return exec_server
+
+
+def attach(exec_server) -> tuple[Any, FakeMessageTransport]:
+    connection = exec_server.buildConnection()
+    transport = FakeMessageTransport()
+    connection.makeConnection(transport)
+    return connection, transport
+
+
+def handshake(connection, transport) -> str:
+    connection.messageReceived(b'{"id":0,"method":"initialize","params":{"clientName":"t"}}')
+    (reply,) = transport.take()
+    connection.messageReceived(b'{"method":"initialized"}')
+    return reply["result"]["sessionId"]
+
+
+def send(connection, message: Any) -> None:
+    connection.messageReceived(json.dumps(message).encode())

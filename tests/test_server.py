@@ -1,0 +1,191 @@
+"""
+The JSON-RPC connection in memory: handshake gate, dispatch order, malformed
+input, and what ends a connection.
+"""
+
+import uuid
+
+from twisted.internet import task
+from twisted.trial import unittest
+
+from tests.support import attach, build_exec_server, handshake, send
+
+START_SLEEP = {
+    "processId": "sleeper", "argv": ["/bin/sleep", "100"], "cwd": "file:///",
+    "env": {}, "tty": False,
+}
+
+
+class ConnectionTestCase(unittest.TestCase):
+    concurrency = 1
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.server = build_exec_server(self, self.clock, self.concurrency)
+        self.connection, self.transport = attach(self.server)
+
+
+class HandshakeTests(ConnectionTestCase):
+    def test_initialize_returns_a_uuid_session_and_environment_info(self):
+        send(self.connection, {"id": 1, "method": "initialize", "params": {"clientName": "t"}})
+        (reply,) = self.transport.take()
+        self.assertEqual(reply["id"], 1)
+        self.assertEqual(str(uuid.UUID(reply["result"]["sessionId"])), reply["result"]["sessionId"])
+        self.assertEqual(reply["result"]["environmentInfo"]["platformOs"], "linux")
+
+    def test_methods_before_initialize_name_their_family(self):
+        families = {
+            "environment/info": "environment info",
+            "environment/status": "environment status",
+            "process/terminate": "exec",
+        }
+        for id, (method, family) in enumerate(families.items()):
+            params = {"processId": "x"} if method.startswith("process/") else None
+            send(self.connection, {"id": id, "method": method, "params": params})
+            self.assertEqual(self.transport.take(), [{
+                "error": {"code": -32600,
+                          "message": f"client must call initialize before using {family} methods"},
+                "id": id,
+            }])
+
+    def test_methods_before_initialized_are_refused(self):
+        send(self.connection, {"id": 1, "method": "initialize", "params": {"clientName": "t"}})
+        self.transport.take()
+        send(self.connection, {"id": 2, "method": "environment/status"})
+        self.assertEqual(self.transport.take(), [{
+            "error": {"code": -32600,
+                      "message": "client must send initialized before using environment status methods"},
+            "id": 2,
+        }])
+        send(self.connection, {"method": "initialized"})
+        send(self.connection, {"id": 3, "method": "environment/status"})
+        self.assertEqual(self.transport.take(), [{"id": 3, "result": {"status": "ready"}}])
+
+    def test_params_are_decoded_before_the_gate(self):
+        send(self.connection, {"id": 1, "method": "process/terminate", "params": {}})
+        self.assertEqual(self.transport.take(), [{
+            "error": {"code": -32602, "message": "missing field `processId`"}, "id": 1,
+        }])
+
+    def test_initialize_only_once(self):
+        handshake(self.connection, self.transport)
+        send(self.connection, {"id": 5, "method": "initialize", "params": {"clientName": "t"}})
+        self.assertEqual(self.transport.take(), [{
+            "error": {"code": -32600, "message": "initialize may only be sent once per connection"},
+            "id": 5,
+        }])
+
+    def test_failed_initialize_may_be_retried(self):
+        send(self.connection, {"id": 1, "method": "initialize",
+                               "params": {"clientName": "t", "resumeSessionId": "nope"}})
+        self.assertEqual(self.transport.take(), [{
+            "error": {"code": -32600, "message": "unknown session id nope"}, "id": 1,
+        }])
+        send(self.connection, {"id": 2, "method": "initialize", "params": {"clientName": "t"}})
+        self.assertIn("sessionId", self.transport.take()[0]["result"])
+
+    def test_initialized_before_initialize_drops_the_connection(self):
+        send(self.connection, {"method": "initialized"})
+        self.assertTrue(self.transport.aborted)
+        self.assertEqual(self.transport.sent, [])
+
+
+class MessageTests(ConnectionTestCase):
+    def test_malformed_json_is_answered_with_id_minus_one(self):
+        self.connection.messageReceived(b"not-json")
+        self.assertEqual(self.transport.take(), [{
+            "error": {
+                "code": -32600,
+                "message": "failed to parse JSON-RPC message from test: "
+                           "expected ident at line 1 column 2",
+            },
+            "id": -1,
+        }])
+        self.assertFalse(self.transport.aborted)
+        handshake(self.connection, self.transport)
+
+    def test_unknown_method(self):
+        handshake(self.connection, self.transport)
+        send(self.connection, {"id": "a", "method": "no/such"})
+        self.assertEqual(self.transport.take(), [{
+            "error": {"code": -32601, "message": "exec-server stub does not implement `no/such` yet"},
+            "id": "a",
+        }])
+
+    def test_string_and_integer_ids_are_echoed(self):
+        handshake(self.connection, self.transport)
+        for id in ("x", 9223372036854775807, -9223372036854775808, 0):
+            send(self.connection, {"id": id, "method": "environment/status"})
+            self.assertEqual(self.transport.take(), [{"id": id, "result": {"status": "ready"}}])
+
+    def test_wire_key_order(self):
+        handshake(self.connection, self.transport)
+        send(self.connection, {"id": 1, "method": "environment/status"})
+        send(self.connection, {"id": 2, "method": "no/such"})
+        self.assertEqual(self.transport.sent, [
+            b'{"id":1,"result":{"status":"ready"}}',
+            b'{"error":{"code":-32601,"message":"exec-server stub does not implement `no/such` yet"},"id":2}',
+        ])
+
+    def test_unknown_notification_drops_the_connection(self):
+        handshake(self.connection, self.transport)
+        send(self.connection, {"method": "bogus"})
+        self.assertTrue(self.transport.aborted)
+        self.assertEqual(self.transport.sent, [])
+
+    def test_unsolicited_response_drops_the_connection(self):
+        handshake(self.connection, self.transport)
+        send(self.connection, {"id": 7, "result": {}})
+        self.assertTrue(self.transport.aborted)
+
+
+class SerialOrderTests(ConnectionTestCase):
+    def test_a_long_poll_holds_back_later_requests(self):
+        handshake(self.connection, self.transport)
+        send(self.connection, {"id": 1, "method": "process/start", "params": START_SLEEP})
+        self.assertEqual(self.transport.take()[0]["id"], 1)
+        send(self.connection, {"id": 2, "method": "process/read",
+                               "params": {"processId": "sleeper", "waitMs": 5000}})
+        send(self.connection, {"id": 3, "method": "environment/status"})
+        send(self.connection, {"id": 4, "method": "no/such"})
+        self.assertEqual(self.transport.take(), [])
+        self.clock.advance(5)
+        self.assertEqual([m["id"] for m in self.transport.take()], [2, 3, 4])
+
+    def test_a_lost_connection_abandons_the_long_poll_and_detaches(self):
+        session_id = handshake(self.connection, self.transport)
+        send(self.connection, {"id": 1, "method": "process/start", "params": START_SLEEP})
+        send(self.connection, {"id": 2, "method": "process/read",
+                               "params": {"processId": "sleeper", "waitMs": 5000}})
+        self.transport.take()
+        self.connection.connectionLost(None)
+        other, other_transport = attach(self.server)
+        send(other, {"id": 1, "method": "initialize",
+                     "params": {"clientName": "t", "resumeSessionId": session_id}})
+        self.assertEqual(other_transport.take()[0]["result"]["sessionId"], session_id)
+        self.clock.advance(5)
+        self.assertEqual(self.transport.sent, [])
+
+
+class ConcurrentLaneTests(ConnectionTestCase):
+    concurrency = 4
+
+    def test_control_requests_are_answered_during_a_long_poll(self):
+        handshake(self.connection, self.transport)
+        send(self.connection, {"id": 1, "method": "process/start", "params": START_SLEEP})
+        self.transport.take()
+        send(self.connection, {"id": 2, "method": "process/read",
+                               "params": {"processId": "sleeper", "waitMs": 5000}})
+        send(self.connection, {"id": 3, "method": "environment/status"})
+        send(self.connection, {"id": 4, "method": "process/terminate",
+                               "params": {"processId": "sleeper"}})
+        self.assertEqual(self.transport.take(), [
+            {"id": 3, "result": {"status": "ready"}},
+            {"id": 4, "result": {"running": True}},
+        ])
+
+    def test_requests_before_initialized_still_run_in_order(self):
+        send(self.connection, {"id": 1, "method": "environment/info"})
+        send(self.connection, {"id": 2, "method": "initialize", "params": {"clientName": "t"}})
+        send(self.connection, {"id": 3, "method": "environment/info"})
+        self.assertEqual([m["id"] for m in self.transport.take()], [1, 2, 3])
