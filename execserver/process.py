@@ -184,13 +184,13 @@ class ManagedProcess:
         if self.log.closed or not self.log.exited or self.child.readers:
             return
         seq = self.log.record_close()
+        self._eviction = self.session.clock.callLater(
+            CLOSED_RETENTION_SECONDS, self.session.evict_process, self
+        )
         self.session.deliver(rpc.encode_notification(
             "process/closed", {"processId": self.process_id, "seq": seq}
         ))
         self._wake()
-        self._eviction = self.session.clock.callLater(
-            CLOSED_RETENTION_SECONDS, self.session.evict_process, self
-        )
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []

@@ -240,9 +240,47 @@ class FakeMessageTransport:
         self.aborted = False
         self.closed = False
         self.producer = None
+        self._waiters: list[tuple[Callable[[Any], bool], Deferred]] = []
 
     def sendMessage(self, data: bytes) -> None:
         self.sent.append(data)
+        if self._waiters:
+            message = json.loads(data)
+            for entry in list(self._waiters):
+                if entry[0](message):
+                    self._waiters.remove(entry)
+                    # Like a real transport, never call back into the sender.
+                    reactor.callLater(0, entry[1].callback, message)
+
+    def wait_for(self, match: Callable[[Any], bool]) -> Deferred:
+        """
+        Fires with the first message sent so far, or later, that matches.
+        """
+        for message in self.messages():
+            if match(message):
+                return defer.succeed(message)
+        waiter = Deferred()
+        self._waiters.append((match, waiter))
+        return with_timeout(waiter)
+
+    def closed_event(self, process_id: str) -> Deferred:
+        return self.wait_for(lambda m: m.get("method") == "process/closed"
+                             and m["params"]["processId"] == process_id)
+
+    def reply(self, id: Any) -> Deferred:
+        return self.wait_for(lambda m: "method" not in m and m.get("id") == id)
+
+    def events(self, process_id: str) -> list[Any]:
+        return [m for m in self.messages()
+                if m.get("method", "").startswith("process/")
+                and m["params"]["processId"] == process_id]
+
+    def output(self, process_id: str, stream: str | None = None) -> bytes:
+        import base64
+        return b"".join(
+            base64.b64decode(m["params"]["chunk"]) for m in self.events(process_id)
+            if m["method"] == "process/output" and stream in (None, m["params"]["stream"])
+        )
 
     def loseConnection(self) -> None:
         self.closed = True
@@ -306,3 +344,43 @@ def handshake(connection, transport) -> str:
 
 def send(connection, message: Any) -> None:
     connection.messageReceived(json.dumps(message).encode())
+
+
+class _PidWatcher:
+    def __init__(self, pidfd: int, done: Deferred) -> None:
+        self.pidfd = pidfd
+        self.done = done
+
+    def fileno(self) -> int:
+        return self.pidfd
+
+    def doRead(self) -> None:
+        reactor.removeReader(self)
+        os.close(self.pidfd)
+        self.done.callback(None)
+
+    def logPrefix(self) -> str:
+        return "pid-watcher"
+
+    def connectionLost(self, reason) -> None:
+        pass
+
+
+def process_gone(pid: int) -> Deferred:
+    """
+    Fires when process C{pid} (not necessarily our child) has exited.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return defer.succeed(None)
+    done = Deferred()
+    reactor.addReader(_PidWatcher(pidfd, done))
+    return with_timeout(done)
+
+
+def start_params(process_id: str, argv: list[str], **extra) -> dict:
+    params = {"processId": process_id, "argv": argv, "cwd": "file:///tmp",
+              "env": {"PATH": "/usr/bin:/bin"}, "tty": False}
+    params.update(extra)
+    return params

@@ -1,0 +1,292 @@
+"""
+process/* against real child processes, through the connection core.
+"""
+
+import base64
+import os
+import signal
+
+from twisted.internet import reactor, task
+from twisted.trial import unittest
+
+from execserver.process import MAX_RETAINED_BYTES, MAX_RETAINED_CHUNKS, OutputLog, WriteIds
+from tests.support import (
+    attach,
+    build_exec_server,
+    handshake,
+    process_gone,
+    send,
+    start_params,
+)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class ProcessTestCase(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.server = build_exec_server(self, self.clock)
+        self.connection, self.transport = attach(self.server)
+        self.session_id = handshake(self.connection, self.transport)
+        self._ids = 100
+
+    def call(self, method, params):
+        self._ids += 1
+        send(self.connection, {"id": self._ids, "method": method, "params": params})
+        return self.transport.reply(self._ids)
+
+    async def run_process(self, process_id, argv, **extra):
+        reply = await self.call("process/start", start_params(process_id, argv, **extra))
+        self.assertEqual(reply["result"], {"processId": process_id, "sandboxType": "none"})
+        await self.transport.closed_event(process_id)
+        return self.transport.events(process_id)
+
+    def exit_code(self, process_id):
+        (exited,) = [m for m in self.transport.events(process_id) if m["method"] == "process/exited"]
+        return exited["params"]["exitCode"]
+
+
+class LifecycleTests(ProcessTestCase):
+    async def test_output_exit_and_close_share_one_sequence(self):
+        events = await self.run_process("p", ["/bin/sh", "-c", "echo out; echo err >&2"])
+        self.assertEqual([m["params"]["seq"] for m in events], list(range(1, len(events) + 1)))
+        self.assertEqual([m["method"] for m in events[-2:]], ["process/exited", "process/closed"])
+        self.assertEqual(self.transport.output("p", "stdout"), b"out\n")
+        self.assertEqual(self.transport.output("p", "stderr"), b"err\n")
+        self.assertEqual(events[-2]["params"], {
+            "processId": "p", "seq": len(events) - 1, "exitCode": 0, "sandboxDenied": False})
+
+    async def test_start_replies_before_any_notification(self):
+        reply_id = self._ids + 1
+        await self.run_process("p", ["/bin/echo", "early"])
+        messages = self.transport.messages()
+        self.assertEqual(messages[0]["id"], reply_id)
+
+    async def test_exit_codes(self):
+        cases = {
+            "zero": (["/bin/true"], 0),
+            "three": (["/bin/sh", "-c", "exit 3"], 3),
+            "term": (["/bin/sh", "-c", "kill -TERM $$"], 128 + signal.SIGTERM),
+            "kill": (["/bin/sh", "-c", "kill -KILL $$"], 128 + signal.SIGKILL),
+        }
+        for name, (argv, code) in cases.items():
+            await self.run_process(name, argv)
+            self.assertEqual(self.exit_code(name), code, name)
+
+    async def test_closed_waits_for_every_holder_of_the_output(self):
+        await self.run_process("p", ["/bin/sh", "-c", "(sleep 0.2; echo late) & echo early"])
+        self.assertEqual(self.transport.output("p"), b"early\nlate\n")
+        methods = [m["method"] for m in self.transport.events("p")]
+        self.assertEqual(methods[-1], "process/closed")
+
+    async def test_missing_program(self):
+        reply = await self.call("process/start", start_params("p", ["no-such-program"]))
+        self.assertEqual(reply["error"], {
+            "code": -32603, "message": "No such file or directory (os error 2)"})
+
+    async def test_bare_names_are_found_without_a_path(self):
+        await self.run_process("p", ["true"], env={})
+        self.assertEqual(self.exit_code("p"), 0)
+
+    async def test_environment_is_exactly_env(self):
+        await self.run_process("p", ["/usr/bin/env"], env={"ONLY": "this"})
+        self.assertEqual(self.transport.output("p"), b"ONLY=this\n")
+
+    async def test_env_policy_core_keeps_core_variables_and_drops_secrets(self):
+        os.environ["EXECSERVER_TEST_SECRET"] = "x"
+        self.addCleanup(os.environ.pop, "EXECSERVER_TEST_SECRET")
+        policy = {"inherit": "all", "ignoreDefaultExcludes": False, "exclude": [],
+                  "set": {"ADDED": "1"}, "includeOnly": []}
+        await self.run_process("p", ["/usr/bin/env"], env={"OVER": "2"}, envPolicy=policy)
+        lines = self.transport.output("p").decode().splitlines()
+        self.assertIn("ADDED=1", lines)
+        self.assertIn("OVER=2", lines)
+        self.assertNotIn("EXECSERVER_TEST_SECRET=x", lines)
+
+    async def test_arg0_replaces_argv0(self):
+        await self.run_process("p", ["/bin/sh", "-c", "echo $0"], arg0="renamed")
+        self.assertEqual(self.transport.output("p"), b"renamed\n")
+
+    async def test_cwd(self):
+        await self.run_process("p", ["/bin/pwd"], cwd="file:///usr")
+        self.assertEqual(self.transport.output("p"), b"/usr\n")
+
+    async def test_each_process_leads_its_own_process_group(self):
+        await self.run_process("p", ["/bin/sh", "-c", "echo $$ $(ps -o pgid= -p $$) $(ps -o sid= -p $$)"])
+        pid, pgid, sid = self.transport.output("p").split()
+        self.assertEqual(pid, pgid)
+        self.assertEqual(pid, sid)
+
+    async def test_duplicate_process_id(self):
+        await self.run_process("p", ["/bin/true"])
+        reply = await self.call("process/start", start_params("p", ["/bin/true"]))
+        self.assertEqual(reply["error"], {"code": -32600, "message": "process p already exists"})
+
+    async def test_closed_process_is_evicted_after_retention(self):
+        await self.run_process("p", ["/bin/true"])
+        self.clock.advance(29)
+        reply = await self.call("process/read", {"processId": "p"})
+        self.assertTrue(reply["result"]["closed"])
+        self.clock.advance(1)
+        reply = await self.call("process/read", {"processId": "p"})
+        self.assertEqual(reply["error"], {"code": -32600, "message": "unknown process id p"})
+        await self.run_process("p", ["/bin/true"])
+
+
+class StdinTests(ProcessTestCase):
+    async def test_without_pipe_stdin_writes_report_stdin_closed(self):
+        await self.call("process/start", start_params("p", ["/bin/sleep", "100"]))
+        reply = await self.call("process/write", {"processId": "p", "chunk": b64(b"x"), "writeId": "w"})
+        self.assertEqual(reply["result"], {"status": "stdinClosed"})
+
+    async def test_retried_write_ids_are_written_once(self):
+        await self.call("process/start", start_params("p", ["/bin/cat"], pipeStdin=True))
+        for write_id, data in (("w1", b"first\n"), ("w1", b"first\n"), ("w2", b"second\n")):
+            reply = await self.call("process/write", {"processId": "p", "chunk": b64(data), "writeId": write_id})
+            self.assertEqual(reply["result"], {"status": "accepted"})
+        await self.transport.wait_for(lambda m: self.transport.output("p") == b"first\nsecond\n")
+
+    async def test_unknown_process(self):
+        reply = await self.call("process/write", {"processId": "nope", "chunk": "", "writeId": "w"})
+        self.assertEqual(reply["result"], {"status": "unknownProcess"})
+
+    async def test_empty_write_id(self):
+        reply = await self.call("process/write", {"processId": "nope", "chunk": "", "writeId": ""})
+        self.assertEqual(reply["error"], {"code": -32602, "message": "writeId must not be empty"})
+
+
+class SignalTests(ProcessTestCase):
+    async def test_terminate_kills_the_group(self):
+        await self.call("process/start", start_params(
+            "p", ["/bin/sh", "-c", "sleep 100 & echo $!; wait"]))
+        await self.transport.wait_for(lambda m: self.transport.output("p").endswith(b"\n"))
+        grandchild = int(self.transport.output("p"))
+        reply = await self.call("process/terminate", {"processId": "p"})
+        self.assertEqual(reply["result"], {"running": True})
+        await self.transport.closed_event("p")
+        self.assertEqual(self.exit_code("p"), 128 + signal.SIGKILL)
+        await process_gone(grandchild)
+        reply = await self.call("process/terminate", {"processId": "p"})
+        self.assertEqual(reply["result"], {"running": False})
+
+    async def test_interrupt(self):
+        await self.call("process/start", start_params("p", ["/bin/sleep", "100"]))
+        reply = await self.call("process/signal", {"processId": "p", "signal": "interrupt"})
+        self.assertEqual(reply["result"], {})
+        await self.transport.closed_event("p")
+        self.assertEqual(self.exit_code("p"), 128 + signal.SIGINT)
+
+    async def test_signal_for_unknown_process_is_not_an_error(self):
+        reply = await self.call("process/signal", {"processId": "nope", "signal": "interrupt"})
+        self.assertEqual(reply["result"], {})
+
+
+class PtyTests(ProcessTestCase):
+    async def test_pty_output_and_size(self):
+        await self.run_process("p", ["/bin/sh", "-c", "stty size; tty"], tty=True)
+        self.assertEqual({m["params"]["stream"] for m in self.transport.events("p")
+                          if m["method"] == "process/output"}, {"pty"})
+        size, name = self.transport.output("p").decode().split("\r\n")[:2]
+        self.assertEqual(size, "24 80")
+        self.assertTrue(name.startswith("/dev/pts/"), name)
+
+    async def test_ctrl_c_through_the_terminal_interrupts(self):
+        await self.call("process/start", start_params(
+            "p", ["/bin/sh", "-c", "echo ready; sleep 100"], tty=True))
+        await self.transport.wait_for(lambda m: b"ready" in self.transport.output("p"))
+        await self.call("process/write", {"processId": "p", "chunk": b64(b"\x03"), "writeId": "c"})
+        await self.transport.closed_event("p")
+        self.assertEqual(self.exit_code("p"), 128 + signal.SIGINT)
+
+    async def test_stdin_through_the_terminal(self):
+        await self.call("process/start", start_params(
+            "p", ["/bin/sh", "-c", "read line; echo got:$line"], tty=True))
+        await self.call("process/write", {"processId": "p", "chunk": b64(b"hello\n"), "writeId": "w"})
+        await self.transport.closed_event("p")
+        self.assertIn(b"got:hello", self.transport.output("p"))
+
+
+class ReadTests(ProcessTestCase):
+    async def test_read_replays_the_log(self):
+        await self.run_process("p", ["/bin/sh", "-c", "printf a; sleep 0.05; printf b"])
+        reply = await self.call("process/read", {"processId": "p"})
+        result = reply["result"]
+        data = b"".join(base64.b64decode(c["chunk"]) for c in result["chunks"])
+        self.assertEqual(data, b"ab")
+        last_seq = self.transport.events("p")[-1]["params"]["seq"]
+        self.assertEqual(result["nextSeq"], last_seq + 1)
+        self.assertEqual((result["exited"], result["exitCode"], result["closed"]), (True, 0, True))
+
+    async def test_max_bytes_always_returns_the_first_chunk(self):
+        await self.run_process("p", ["/bin/echo", "0123456789"])
+        reply = await self.call("process/read", {"processId": "p", "maxBytes": 1})
+        (chunk,) = reply["result"]["chunks"]
+        self.assertEqual(base64.b64decode(chunk["chunk"]), b"0123456789\n")
+        self.assertEqual(reply["result"]["nextSeq"], chunk["seq"] + 1)
+
+    async def test_long_poll_wakes_on_output(self):
+        await self.call("process/start", start_params("p", ["/bin/sh", "-c", "sleep 0.1; printf x"]))
+        read = self.call("process/read", {"processId": "p", "afterSeq": 0, "waitMs": 60000})
+        self.assertFalse(read.called)
+        reply = await read
+        self.assertEqual(base64.b64decode(reply["result"]["chunks"][0]["chunk"]), b"x")
+
+    async def test_long_poll_times_out_with_an_empty_snapshot(self):
+        await self.call("process/start", start_params("p", ["/bin/sleep", "100"]))
+        read = self.call("process/read", {"processId": "p", "waitMs": 1500})
+        self.clock.advance(1.5)
+        reply = await read
+        self.assertEqual(reply["result"], {
+            "chunks": [], "nextSeq": 1, "exited": False, "exitCode": None,
+            "closed": False, "failure": None, "sandboxDenied": False})
+
+    async def test_unknown_process(self):
+        reply = await self.call("process/read", {"processId": "nope"})
+        self.assertEqual(reply["error"], {"code": -32600, "message": "unknown process id nope"})
+
+
+class OutputLogTests(unittest.SynchronousTestCase):
+    def test_replay_window_is_bounded_by_bytes(self):
+        log = OutputLog()
+        for _ in range(40):
+            log.record_output("stdout", b"x" * 65536)
+        chunks = log.chunks_after(0, None)
+        self.assertLessEqual(sum(len(c[2]) for c in chunks), MAX_RETAINED_BYTES)
+        self.assertEqual(chunks[-1][0], 40)
+        self.assertEqual(chunks[0][0], 40 - len(chunks) + 1)
+
+    def test_replay_window_is_bounded_by_chunks(self):
+        log = OutputLog()
+        for _ in range(MAX_RETAINED_CHUNKS + 10):
+            log.record_output("stdout", b"x")
+        chunks = log.chunks_after(0, None)
+        self.assertEqual(len(chunks), MAX_RETAINED_CHUNKS)
+        self.assertEqual(chunks[0][0], 11)
+
+    def test_exit_and_close_take_sequence_numbers(self):
+        log = OutputLog()
+        self.assertEqual(log.record_exit(0), 1)
+        self.assertEqual(log.record_output("stdout", b"late"), 2)
+        self.assertEqual(log.record_close(), 3)
+        self.assertEqual(log.next_seq, 4)
+        self.assertEqual([c[0] for c in log.chunks_after(0, None)], [2])
+
+    def test_max_bytes_stops_before_overflowing(self):
+        log = OutputLog()
+        for size in (3, 3, 3):
+            log.record_output("stdout", b"x" * size)
+        self.assertEqual([c[0] for c in log.chunks_after(0, 7)], [1, 2])
+        self.assertEqual([c[0] for c in log.chunks_after(0, 6)], [1, 2])
+        self.assertEqual([c[0] for c in log.chunks_after(1, 2)], [2])
+
+
+class WriteIdTests(unittest.SynchronousTestCase):
+    def test_oldest_ids_are_forgotten(self):
+        ids = WriteIds()
+        for n in range(4097):
+            ids.add(str(n))
+        self.assertNotIn("0", ids)
+        self.assertIn("1", ids)
+        self.assertIn("4096", ids)
