@@ -15,8 +15,10 @@ from __future__ import annotations
 import base64
 import difflib
 import json
+import os
 import re
 import tempfile
+import urllib.parse
 from typing import Any, Awaitable, Callable
 
 from twisted.internet.defer import ensureDeferred, gatherResults
@@ -53,6 +55,18 @@ class Peer:
     @property
     def kind(self) -> str:
         return self.server.kind
+
+    def path(self, *parts: str) -> str:
+        """
+        A host path inside this server's private working directory.
+        """
+        return os.path.join(self.workdir, *parts)
+
+    def uri(self, *parts: str) -> str:
+        """
+        The C{file:} URI of L{path}, spelled as the reference spells URIs.
+        """
+        return "file://" + urllib.parse.quote(self.path(*parts), safe="/!$&'()*+,;=:@[]^|~")
 
     async def open(self) -> "Peer":
         self.queue = await support.connect(self.server.url)
@@ -203,6 +217,7 @@ async def run_against(kind: str, scenario: Scenario, args=(), env=None) -> list:
     directory of its own (the transcript calls it C{<workdir>}).
     """
     workdir = tempfile.mkdtemp(prefix=f"execserver-interop-{kind}-")
+    workdir = os.path.realpath(workdir)
     server = await support.start_server(kind, list(args), env=env, cwd=workdir)
     transcript: list = []
     try:
