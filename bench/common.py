@@ -1,0 +1,183 @@
+"""
+Shared benchmark plumbing: start both servers, a lean JSON-RPC client over
+the project's WebSocket transport, CPU accounting and the report table.
+
+Benchmarks measure; they never assert. Each prints one table with the
+reference's number, ours, the ratio and the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.internet import defer, reactor
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from execserver.interfaces import IMessageProtocol
+from execserver.transports import websocket
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def reference_binary() -> str:
+    out = subprocess.run([str(ROOT / "scripts" / "install-reference")], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+class Server:
+    """
+    A server in a child process, with its CPU time readable from /proc.
+    """
+
+    def __init__(self, kind: str, extra_args=()):
+        self.kind = kind
+        home = tempfile.mkdtemp(prefix=f"execserver-bench-{kind}-")
+        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+               "LANG": "C.UTF-8", "PYTHONPATH": str(ROOT)}
+        if kind == "reference":
+            env["CODEX_HOME"] = home
+            argv = [reference_binary(), "exec-server", "--listen", "ws://127.0.0.1:0", *extra_args]
+        else:
+            argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                    "-n", "--pidfile=", "--logfile=/dev/null", "execserver", "--port", "0",
+                    *extra_args]
+        self.popen = subprocess.Popen(argv, cwd=home, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL)
+        for line in self.popen.stdout:
+            if line.startswith(b"ws://"):
+                self.url = line.decode().strip()
+                break
+        else:
+            raise RuntimeError(f"{kind} server did not start")
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.popen.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # utime, stime, cutime, cstime: the server's own CPU, not its children's.
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        self.popen.wait(10)
+
+
+@implementer(IMessageProtocol)
+class Client:
+    """
+    The lean benchmark client: requests with futures, notifications to a
+    callback. No validation beyond what measuring needs.
+    """
+
+    def __init__(self) -> None:
+        self.transport = None
+        self.pending: dict[int, Deferred] = {}
+        self.on_notification = lambda message: None
+        self.next_id = 0
+
+    def makeConnection(self, transport) -> None:
+        self.transport = transport
+
+    def messageReceived(self, data: bytes) -> None:
+        message = json.loads(data)
+        if "method" in message:
+            self.on_notification(message)
+        else:
+            self.pending.pop(message["id"]).callback(message)
+
+    def connectionLost(self, reason) -> None:
+        for waiter in self.pending.values():
+            waiter.errback(reason)
+        self.pending.clear()
+
+    def call(self, method: str, params=None) -> Deferred:
+        self.next_id += 1
+        waiter = Deferred()
+        self.pending[self.next_id] = waiter
+        message = {"id": self.next_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        self.transport.sendMessage(json.dumps(message).encode())
+        return waiter
+
+    async def initialize(self) -> None:
+        await self.call("initialize", {"clientName": "bench"})
+        self.transport.sendMessage(b'{"method":"initialized"}')
+
+    def close(self) -> None:
+        self.transport.loseConnection()
+
+
+async def connect(url: str) -> Client:
+    client = Client()
+    await websocket.connect(reactor, url, client)
+    await client.initialize()
+    return client
+
+
+@dataclass
+class Row:
+    name: str
+    unit: str
+    reference: float
+    ours: float
+    target: str
+    better: str  # "lower" or "higher"
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.reference if self.reference else float("nan")
+
+
+def report(title: str, rows: list[Row]) -> str:
+    lines = [title, "",
+             f"| metric | reference | ours | ours/reference | target |",
+             f"| --- | ---: | ---: | ---: | --- |"]
+    for row in rows:
+        lines.append(
+            f"| {row.name} ({row.unit}) | {row.reference:.4g} | {row.ours:.4g} "
+            f"| {row.ratio:.2f}x | {row.target} |"
+        )
+    return "\n".join(lines)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+median = statistics.median
+
+
+def run(main) -> None:
+    """
+    Run an async benchmark function on the reactor and print its report.
+    """
+    result = {}
+
+    async def wrapper():
+        try:
+            result["text"] = await main()
+        finally:
+            reactor.stop()
+
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(wrapper()).addErrback(
+        lambda f: (f.printTraceback(), result.setdefault("error", f))))
+    reactor.run()
+    if "error" in result:
+        sys.exit(1)
+    print(result["text"])
+
+
+def now() -> float:
+    return time.perf_counter()
