@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 MAX_RETAINED_BYTES = 1024 * 1024
 MAX_RETAINED_CHUNKS = 50_000
 
-#: A closed process stays readable this long, then its id is free again.
-CLOSED_RETENTION_SECONDS = 30.0
+#: A closed process stays readable this long, then its id is free again
+#: (80 s in the reference binary, measured from process/closed).
+CLOSED_RETENTION_SECONDS = 80.0
 
 #: How many accepted write ids a process remembers, to drop retried writes.
 REMEMBERED_WRITE_IDS = 4096
@@ -150,6 +151,8 @@ class ManagedProcess:
         self.child = Child(session.reactor, spec, self)
         self._waiters: list[Deferred] = []
         self._eviction = None
+        #: Set by process/terminate: stdin is gone for good.
+        self.terminated = False
 
     def start(self) -> None:
         """
@@ -233,16 +236,36 @@ class ManagedProcess:
         }
 
     def write(self, data: bytes, write_id: str) -> str:
-        if not self.child.has_stdin:
+        """
+        Queue bytes for stdin, once per write id. After a natural exit the
+        bytes are discarded but accepted, as in the reference; after
+        process/terminate the write fails.
+        """
+        if not self.spec.tty and not self.spec.pipe_stdin:
             return "stdinClosed"
         if write_id in self.write_ids:
             return "accepted"
+        if self.terminated:
+            raise rpc.internal_error("failed to write to process stdin")
         self.child.write(data)
         self.write_ids.add(write_id)
         return "accepted"
 
-    def kill(self) -> None:
-        self.child.kill()
+    def terminate(self) -> bool:
+        """
+        Kill the process group and end its output streams.
+
+        The reference leaves a group alone once its leader has exited, so a
+        background job holding the output open can never be ended; we kill
+        it too, so that terminate always leads to process/closed.
+
+        @return: whether the leader was still running.
+        """
+        running = self.running
+        if not self.log.closed:
+            self.terminated = True
+            self.child.kill()
+        return running
 
     def discard(self) -> Deferred:
         """

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred
 
-from execserver import oserrors
+from execserver import environment, oserrors
 from execserver import params as P
 from execserver import paths, rpc
 from execserver.process import ManagedProcess
@@ -37,8 +37,9 @@ _CORE_VARIABLES = frozenset((
 ))
 _DEFAULT_EXCLUDES = ("*KEY*", "*SECRET*", "*TOKEN*")
 
-#: Where a bare program name is looked up when the child has no PATH.
-DEFAULT_PATH = "/bin:/usr/bin"
+#: Where a bare program name is looked up when the child has no PATH (the
+#: reference's libc default, musl's).
+DEFAULT_PATH = "/usr/local/bin:/bin:/usr/bin"
 
 PathUri = P.Custom(paths.parse_uri)
 
@@ -143,31 +144,47 @@ def _process(connection: ServerConnection, process_id: str) -> ManagedProcess | 
     return connection.session.processes.get(process_id)
 
 
+def _check_spawnable(program: str, argv: list[str], env: dict[str, str], tty: bool) -> None:
+    if not program:
+        raise rpc.internal_error(f"missing program for {'PTY' if tty else 'pipe'} spawn")
+    if any("\0" in arg for arg in argv):
+        raise rpc.internal_error("nul byte found in provided data")
+    if any("\0" in key or "\0" in value for key, value in env.items()):
+        raise rpc.internal_error("data provided contains a nul byte")
+
+
 def start(connection: ServerConnection, p: dict) -> dict:
     session = connection.session
-    cwd = paths.to_host_path(p["cwd"])
-    if p["sandbox"] is not None:
-        raise rpc.invalid_params("sandbox intent cannot be enforced on this executor")
+    sandbox = p["sandbox"]
+    if sandbox is None:
+        cwd = paths.to_host_path(p["cwd"])
     argv = p["argv"]
     if not argv:
         raise rpc.invalid_params("argv must not be empty")
+    if sandbox is not None:
+        raise rpc.invalid_params("sandbox intent cannot be enforced on this executor")
     process_id = p["processId"]
     if process_id in session.processes:
         raise rpc.invalid_request(f"process {process_id} already exists")
+    tty = p["tty"]
     env = child_environment(p["env"], p["envPolicy"])
+    if tty and "SHELL" not in env:
+        # As the reference does: an interactive terminal knows its shell.
+        env["SHELL"] = environment.detect_shell()["path"]
+    args = list(argv)
+    if p["arg0"] is not None:
+        args[0] = p["arg0"]
+    _check_spawnable(argv[0], args, env, tty)
     try:
         executable = find_program(argv[0], env)
     except OSError as e:
         raise rpc.internal_error(oserrors.describe(e)) from None
-    args = list(argv)
-    if p["arg0"] is not None:
-        args[0] = p["arg0"]
     spec = ChildSpec(
         executable=executable,
         argv=args,
         cwd=os.fsdecode(cwd),
         env=env,
-        tty=p["tty"],
+        tty=tty,
         pipe_stdin=p["pipeStdin"],
     )
     process = ManagedProcess(session, process_id, spec)
@@ -235,10 +252,9 @@ def signal(connection: ServerConnection, p: dict) -> dict:
 
 def terminate(connection: ServerConnection, p: dict) -> dict:
     process = _process(connection, p["processId"])
-    if process is None or not process.running:
+    if process is None:
         return {"running": False}
-    process.kill()
-    return {"running": True}
+    return {"running": process.terminate()}
 
 
 METHODS = {

@@ -6,6 +6,9 @@ away the session is detached: processes keep running and their events keep
 being recorded, but nothing is sent. A new connection may resume it with
 C{initialize}'s C{resumeSessionId} within L{DETACHED_TTL_SECONDS}; after
 that the session expires and every process group it owns is killed.
+
+The reference (0.169.0) waits 80 s, not the 30 s its older documentation
+gives; we follow the binary (docs/reference/process.md §7).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
 #: How long a detached session waits to be resumed.
-DETACHED_TTL_SECONDS = 30.0
+DETACHED_TTL_SECONDS = 80.0
 
 log = Logger()
 

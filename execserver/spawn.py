@@ -347,9 +347,11 @@ class Child:
         returncode = self.popen.poll()
         if returncode is None:
             returncode = self.popen.wait()
-        # Output written before the exit is recorded before the exit.
+        # Output written before the exit is recorded before the exit. A
+        # terminal ends with its session leader, as in the reference, even if
+        # a background job still holds it; pipes end when every holder is gone.
         for reader in list(self.readers):
-            if reader.drain():
+            if reader.drain() or self.spec.tty:
                 _end(reader)
         self.exit_code = exit_code_from_status(returncode)
         if self.stdin is not None and not self.spec.tty:

@@ -9,7 +9,13 @@ import signal
 from twisted.internet import reactor, task
 from twisted.trial import unittest
 
-from execserver.process import MAX_RETAINED_BYTES, MAX_RETAINED_CHUNKS, OutputLog, WriteIds
+from execserver.process import (
+    CLOSED_RETENTION_SECONDS,
+    MAX_RETAINED_BYTES,
+    MAX_RETAINED_CHUNKS,
+    OutputLog,
+    WriteIds,
+)
 from tests.support import (
     attach,
     build_exec_server,
@@ -126,7 +132,7 @@ class LifecycleTests(ProcessTestCase):
 
     async def test_closed_process_is_evicted_after_retention(self):
         await self.run_process("p", ["/bin/true"])
-        self.clock.advance(29)
+        self.clock.advance(CLOSED_RETENTION_SECONDS - 1)
         reply = await self.call("process/read", {"processId": "p"})
         self.assertTrue(reply["result"]["closed"])
         self.clock.advance(1)
@@ -290,3 +296,63 @@ class WriteIdTests(unittest.SynchronousTestCase):
         self.assertNotIn("0", ids)
         self.assertIn("1", ids)
         self.assertIn("4096", ids)
+
+
+class ReferenceBehaviourTests(ProcessTestCase):
+    """
+    Behaviour probed on the reference binary (docs/reference/process.md).
+    """
+
+    async def test_write_after_terminate_fails_but_after_exit_is_accepted(self):
+        await self.call("process/start", start_params("killed", ["/bin/cat"], pipeStdin=True))
+        await self.call("process/write", {"processId": "killed", "chunk": "", "writeId": "before"})
+        await self.call("process/terminate", {"processId": "killed"})
+        reply = await self.call("process/write", {"processId": "killed", "chunk": "", "writeId": "after"})
+        self.assertEqual(reply["error"], {"code": -32603, "message": "failed to write to process stdin"})
+        reply = await self.call("process/write", {"processId": "killed", "chunk": "", "writeId": "before"})
+        self.assertEqual(reply["result"], {"status": "accepted"})
+        await self.run_process("exited", ["/bin/true"], pipeStdin=True)
+        reply = await self.call("process/write", {"processId": "exited", "chunk": b64(b"x"), "writeId": "w"})
+        self.assertEqual(reply["result"], {"status": "accepted"})
+
+    async def test_terminate_ends_a_background_job_holding_the_output(self):
+        await self.call("process/start", start_params("p", ["/bin/sh", "-c", "sleep 100 & echo $!"]))
+        exited = await self.transport.wait_for(lambda m: m.get("method") == "process/exited")
+        grandchild = int(self.transport.output("p"))
+        self.assertEqual(exited["params"]["exitCode"], 0)
+        reply = await self.call("process/terminate", {"processId": "p"})
+        self.assertEqual(reply["result"], {"running": False})
+        await self.transport.closed_event("p")
+        await process_gone(grandchild)
+
+    async def test_a_terminal_closes_with_its_session_leader(self):
+        await self.run_process("p", ["/bin/sh", "-c", "sleep 100 & echo started"], tty=True)
+        self.assertIn(b"started", self.transport.output("p"))
+
+    async def test_a_terminal_child_knows_its_shell(self):
+        await self.run_process("p", ["/usr/bin/env"], env={}, tty=True)
+        self.assertTrue(self.transport.output("p").startswith(b"SHELL=/"))
+
+    async def test_empty_program(self):
+        for tty, kind in ((False, "pipe"), (True, "PTY")):
+            reply = await self.call("process/start", start_params("p", [""], tty=tty))
+            self.assertEqual(reply["error"], {
+                "code": -32603, "message": f"missing program for {kind} spawn"})
+
+    async def test_nul_bytes(self):
+        reply = await self.call("process/start", start_params("p", ["/bin/echo", "a\0b"]))
+        self.assertEqual(reply["error"], {"code": -32603, "message": "nul byte found in provided data"})
+        reply = await self.call("process/start", start_params("p", ["/bin/true"], env={"A": "a\0b"}))
+        self.assertEqual(reply["error"], {"code": -32603, "message": "data provided contains a nul byte"})
+
+    async def test_a_directory_is_not_a_program(self):
+        reply = await self.call("process/start", start_params("p", ["/tmp"]))
+        self.assertEqual(reply["error"], {"code": -32603, "message": "Permission denied (os error 13)"})
+
+    async def test_bare_names_without_path_use_the_libc_default(self):
+        await self.run_process("p", ["true"], env={})
+        self.assertEqual(self.exit_code("p"), 0)
+        # /usr/sbin is not on musl's default path, whatever our own PATH says.
+        reply = await self.call("process/start", start_params("q", ["ldconfig"], env={}))
+        self.assertEqual(reply["error"], {
+            "code": -32603, "message": "No such file or directory (os error 2)"})
