@@ -244,6 +244,9 @@ def decode_base64(text: str) -> bytes:
 
 def _base64_problem(text: str) -> str:
     raw = text.encode("utf-8")
+    # The crate reports a stray last byte (a newline, say) before anything else.
+    if len(raw) % 4 == 1 and chr(raw[-1]) not in _B64_ALPHABET and raw[-1] != ord("="):
+        return f"Invalid symbol {raw[-1]}, offset {len(raw) - 1}."
     body_end = len(raw)
     while body_end > 0 and raw[body_end - 1] == ord("="):
         body_end -= 1
@@ -257,7 +260,7 @@ def _base64_problem(text: str) -> str:
         offset = body_end if leftover >= 2 else complete + leftover
         return f"Invalid symbol {ord('=')}, offset {offset}."
     if leftover == 1:
-        return "Invalid input length."
+        return f"Invalid input length: {body_end}"
     if (leftover + padding) % 4 != 0:
         return "Invalid padding"
     if leftover:

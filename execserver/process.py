@@ -180,19 +180,21 @@ class ManagedProcess:
             "exitCode": exit_code,
             "sandboxDenied": False,
         }))
-        self._wake()
         self._maybe_close()
 
     def _maybe_close(self) -> None:
-        if self.log.closed or not self.log.exited or self.child.readers:
-            return
-        seq = self.log.record_close()
-        self._eviction = self.session.clock.callLater(
-            CLOSED_RETENTION_SECONDS, self.session.evict_process, self
-        )
-        self.session.deliver(rpc.encode_notification(
-            "process/closed", {"processId": self.process_id, "seq": seq}
-        ))
+        """
+        Record the close once the exit is known and every stream has ended,
+        then wake readers: a long poll woken here sees the whole state.
+        """
+        if not self.log.closed and self.log.exited and not self.child.readers:
+            seq = self.log.record_close()
+            self._eviction = self.session.clock.callLater(
+                CLOSED_RETENTION_SECONDS, self.session.evict_process, self
+            )
+            self.session.deliver(rpc.encode_notification(
+                "process/closed", {"processId": self.process_id, "seq": seq}
+            ))
         self._wake()
 
     def _wake(self) -> None:

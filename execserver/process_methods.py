@@ -43,7 +43,7 @@ DEFAULT_PATH = "/usr/local/bin:/bin:/usr/bin"
 
 PathUri = P.Custom(paths.parse_uri)
 
-EnvPolicy = P.Struct("ShellEnvironmentPolicy", [
+EnvPolicy = P.Struct("ExecEnvPolicy", [
     P.Field("inherit", P.Enum("ShellEnvironmentPolicyInherit", ["core", "all", "none"])),
     P.Field("ignoreDefaultExcludes", P.Bool()),
     P.Field("exclude", P.Seq(P.String())),

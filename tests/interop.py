@@ -44,13 +44,17 @@ class Peer:
     One scripted client connection, recording into a shared transcript.
     """
 
-    def __init__(self, server: support.RunningServer, transcript: list, workdir: str):
+    def __init__(self, server: support.RunningServer, transcript: list, workdir: str,
+                 connections: list | None = None):
         self.server = server
         self.transcript = transcript
         self.workdir = workdir
         self.queue: support.MessageQueue | None = None
         self.session_ids: list[str] = []
+        #: Every connection of the scenario, closed when it ends.
+        self.connections = connections if connections is not None else []
         self._next_id = 0
+        self._auto_ids: set = set()
 
     @property
     def kind(self) -> str:
@@ -70,6 +74,7 @@ class Peer:
 
     async def open(self) -> "Peer":
         self.queue = await support.connect(self.server.url)
+        self.connections.append(self.queue)
         return self
 
     async def reconnect(self) -> "Peer":
@@ -77,7 +82,7 @@ class Peer:
         A second connection to the same server, recording into the same
         transcript.
         """
-        other = Peer(self.server, self.transcript, self.workdir)
+        other = Peer(self.server, self.transcript, self.workdir, self.connections)
         other.session_ids = self.session_ids
         return await other.open()
 
@@ -108,6 +113,7 @@ class Peer:
         """
         if id is None:
             id = self.new_id()
+            self._auto_ids.add(id)
         message = {"id": id, "method": method}
         if params is not _ABSENT:
             message["params"] = params
@@ -117,7 +123,12 @@ class Peer:
     async def response(self, id: Any, label: str | None = None, record=True) -> dict:
         message = await self.queue.response(id)
         if record:
-            self.record(label or f"response {id}", message)
+            # Generated ids depend on how often a scenario had to poll; only
+            # ids the scenario chose are part of what is compared.
+            recorded = dict(message)
+            if id in self._auto_ids:
+                del recorded["id"]
+            self.record(label or f"response {id}", recorded)
         return message
 
     async def call(self, method: str, params: Any = _ABSENT, label: str | None = None,
@@ -220,10 +231,13 @@ async def run_against(kind: str, scenario: Scenario, args=(), env=None) -> list:
     workdir = os.path.realpath(workdir)
     server = await support.start_server(kind, list(args), env=env, cwd=workdir)
     transcript: list = []
+    connections: list = []
     try:
-        peer = await Peer(server, transcript, workdir).open()
+        peer = await Peer(server, transcript, workdir, connections).open()
         await scenario(peer)
     finally:
+        for queue in connections:
+            await queue.close()
         await server.stop()
     return transcript
 

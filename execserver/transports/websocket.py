@@ -188,11 +188,13 @@ def connect(reactor, url: str, message_protocol, headers: dict | None = None) ->
     factory.protocol = _ClientProtocol
     factory.message_protocol = message_protocol
     factory.opened = Deferred()
+    # No autobahn timers: they run on a batched global timer that outlives
+    # the connection. Callers that need deadlines set their own.
     factory.setProtocolOptions(
         maxFramePayloadSize=MAX_FRAME_BYTES,
         maxMessagePayloadSize=MAX_MESSAGE_BYTES,
-        openHandshakeTimeout=30,
-        closeHandshakeTimeout=1,
+        openHandshakeTimeout=0,
+        closeHandshakeTimeout=0,
         autoPingInterval=0,
     )
     endpoint = endpoints.HostnameEndpoint(reactor, parts.hostname, parts.port or 80)
