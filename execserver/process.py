@@ -6,6 +6,13 @@ next number of one per-process sequence starting at 1. The same numbered log
 feeds both the C{process/*} notifications and C{process/read}, so a client
 that missed notifications (a detached session, a reconnect) catches up by
 reading from the last sequence number it saw.
+
+The log keeps a replay window of the newest output. While nobody can be
+reading it (the session is detached), it holds on to everything instead:
+once the window is full we stop reading the child's output, so the child
+waits on its pipe rather than the reconnecting client losing output (the
+reference drops it). The hold ends when the client has read the process up
+to its newest chunk, or L{CATCH_UP_SECONDS} after the session was resumed.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ CLOSED_RETENTION_SECONDS = 80.0
 #: How many accepted write ids a process remembers, to drop retried writes.
 REMEMBERED_WRITE_IDS = 4096
 
+#: How long a resumed session's held output waits for the client to catch up.
+CATCH_UP_SECONDS = 5.0
+
 
 class OutputLog:
     """
@@ -48,10 +58,30 @@ class OutputLog:
         self._chunks: list[tuple[int, str, bytes]] = []
         self._start = 0
         self._retained_bytes = 0
+        #: While set, nothing is evicted (see the module docstring).
+        self.holding = False
 
     @property
     def exited(self) -> bool:
         return self.exit_code is not None
+
+    @property
+    def full(self) -> bool:
+        return (
+            self._retained_bytes >= MAX_RETAINED_BYTES
+            or len(self._chunks) - self._start >= MAX_RETAINED_CHUNKS
+        )
+
+    @property
+    def newest_seq(self) -> int:
+        """
+        The sequence number of the newest retained chunk, 0 if none.
+        """
+        return self._seqs[-1] if len(self._seqs) > self._start else 0
+
+    def release(self) -> None:
+        self.holding = False
+        self._evict()
 
     def _take_seq(self) -> int:
         seq = self.next_seq
@@ -75,6 +105,8 @@ class OutputLog:
         return self._take_seq()
 
     def _evict(self) -> None:
+        if self.holding:
+            return
         chunks = self._chunks
         while (
             self._retained_bytes > MAX_RETAINED_BYTES
@@ -151,6 +183,7 @@ class ManagedProcess:
         self.child = Child(session.reactor, spec, self)
         self._waiters: list[Deferred] = []
         self._eviction = None
+        self._reading = True
         #: Set by process/terminate: stdin is gone for good.
         self.terminated = False
 
@@ -159,14 +192,37 @@ class ManagedProcess:
         @raise OSError: the program could not be started.
         """
         self.child.start()
-        if self.session.paused:
-            self.child.pauseProducing()
+        self.update_reading()
+
+    def update_reading(self) -> None:
+        """
+        Read the child's output unless the connection is backed up or the
+        held replay window is full.
+        """
+        reading = not self.session.paused and not (self.log.holding and self.log.full)
+        if reading != self._reading:
+            self._reading = reading
+            if reading:
+                self.child.resumeProducing()
+            else:
+                self.child.pauseProducing()
+
+    def hold(self) -> None:
+        self.log.holding = True
+        self.update_reading()
+
+    def release(self) -> None:
+        if self.log.holding:
+            self.log.release()
+            self.update_reading()
 
     # ChildHandler
 
     def childOutput(self, stream: str, data: bytes) -> None:
         seq = self.log.record_output(stream, data)
         self.session.deliver(_output_notification(self._process_id_json, seq, stream, data))
+        if self.log.holding and self.log.full:
+            self.update_reading()
         self._wake()
 
     def childStreamEnded(self, stream: str) -> None:
@@ -216,10 +272,14 @@ class ManagedProcess:
 
     def snapshot(self, after_seq: int, max_bytes: int | None) -> dict[str, Any]:
         """
-        The C{process/read} result for this moment.
+        The C{process/read} result for this moment. A client that has now
+        been given everything retained has caught up: held output may go.
         """
         log = self.log
         chunks = log.chunks_after(after_seq, max_bytes)
+        last_given = chunks[-1][0] if chunks else after_seq
+        if log.holding and self.session.connection is not None and last_given >= log.newest_seq:
+            self.release()
         if max_bytes is not None and chunks:
             next_seq = chunks[-1][0] + 1
         else:

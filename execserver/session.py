@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from execserver import rpc
-from execserver.process import ManagedProcess
+from execserver.process import CATCH_UP_SECONDS, ManagedProcess
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -48,10 +48,10 @@ class Session:
         self.id = session_id
         self.processes: dict[str, ManagedProcess] = {}
         self.connection: Attachment | None = None
-        self.generation = 0
         self.paused = False
         self.deadline: float | None = None
         self._expiry: IDelayedCall | None = None
+        self._catch_up: IDelayedCall | None = None
 
     def deliver(self, message: bytes) -> None:
         """
@@ -63,19 +63,33 @@ class Session:
 
     def attach(self, connection: Attachment) -> None:
         self.connection = connection
-        self.generation += 1
         self.deadline = None
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        if any(process.log.holding for process in self.processes.values()):
+            self._catch_up = self.clock.callLater(CATCH_UP_SECONDS, self._release_all)
 
     def detach(self, connection: Attachment) -> None:
         if self.connection is not connection:
             return
         self.connection = None
-        self.resumeProducing()
+        self._cancel_catch_up()
+        self.paused = False
+        for process in self.processes.values():
+            process.hold()
         self.deadline = self.clock.seconds() + DETACHED_TTL_SECONDS
         self._expiry = self.clock.callLater(DETACHED_TTL_SECONDS, self.expire)
+
+    def _release_all(self) -> None:
+        self._catch_up = None
+        for process in list(self.processes.values()):
+            process.release()
+
+    def _cancel_catch_up(self) -> None:
+        if self._catch_up is not None and self._catch_up.active():
+            self._catch_up.cancel()
+        self._catch_up = None
 
     def expire(self) -> None:
         self._expiry = None
@@ -92,6 +106,7 @@ class Session:
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self._expiry = None
+        self._cancel_catch_up()
         return [process.discard() for process in processes.values()]
 
     def evict_process(self, process: ManagedProcess) -> None:
@@ -104,12 +119,12 @@ class Session:
     def pauseProducing(self) -> None:
         self.paused = True
         for process in self.processes.values():
-            process.child.pauseProducing()
+            process.update_reading()
 
     def resumeProducing(self) -> None:
         self.paused = False
         for process in list(self.processes.values()):
-            process.child.resumeProducing()
+            process.update_reading()
 
     def stopProducing(self) -> None:
         self.resumeProducing()

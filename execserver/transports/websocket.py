@@ -14,6 +14,7 @@ The server pings every 30 s and does not enforce a pong deadline.
 
 from __future__ import annotations
 
+import socket
 from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
@@ -32,6 +33,8 @@ from zope.interface import implementer
 from execserver.interfaces import IMessageTransport
 
 PING_INTERVAL_SECONDS = 30
+#: Kernel send buffer per connection (Linux doubles it).
+SEND_BUFFER_BYTES = 128 * 1024
 #: The reference's limits (tungstenite's defaults).
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -75,6 +78,10 @@ class ExecServerWebSocketProtocol(WebSocketServerProtocol):
     connection = None
 
     def onOpen(self) -> None:
+        # Bound what sits in the kernel unacknowledged: what a dropped
+        # connection loses in flight must fit in a process's replay window.
+        handle = self.transport.getHandle()
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         self.connection = self.factory.server.buildConnection()
         self.connection.makeConnection(MessageTransport(self))
 
