@@ -60,9 +60,10 @@ class IMessageProtocol(Interface):
         Attach the transport; called once before any message.
         """
 
-    def messageReceived(data: bytes) -> None:
+    def messageReceived(data: bytes | str) -> None:
         """
-        One whole message arrived.
+        One whole message arrived: text the transport already decoded, or
+        bytes to be parsed as UTF-8 JSON.
         """
 
     def connectionLost(reason) -> None:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import binascii
 from typing import Any, Callable
 
-from execserver.rpc import invalid_params
-
 U64_MAX = 2**64 - 1
 
 
@@ -370,17 +368,19 @@ class Custom(Type):
 
 def decode_params(schema: Type, params: Any) -> Any:
     """
-    Decode a request's params; a failure is the reference's -32602.
+    Decode a request's params.
 
     As in the reference, params that fail to decode but are the empty object
     are tried once more as C{null}, so C{{}} works for methods without params.
+
+    @raise DecodeError: with the text of the first failure.
     """
     try:
         return schema.decode(params)
-    except DecodeError as e:
+    except DecodeError:
         if params == {}:
             try:
                 return schema.decode(None)
             except DecodeError:
                 pass
-        raise invalid_params(str(e)) from None
+        raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from execserver import params as P
 from execserver import wirejson
 
 INVALID_REQUEST = -32600
@@ -27,9 +28,6 @@ SESSION_ALREADY_ATTACHED = -32010
 
 #: The id used to answer a message whose own id could not be read.
 MALFORMED_ID = -1
-
-#: At most this many JSON values (scalars, arrays and objects) per message.
-MAX_JSON_VALUES = 256 * 1024
 
 I64_MIN = -(2**63)
 I64_MAX = 2**63 - 1
@@ -102,68 +100,94 @@ Message = Request | Notification | Response | ErrorResponse
 
 def parse(data: bytes | str) -> Message:
     """
-    Parse and classify one message.
+    Parse and classify one message, checking in the reference's order:
+    the first JSON value, that it is an object, its envelope, and only then
+    whatever trails it.
 
     @raise MalformedMessage: with the reference's detail text.
     """
     try:
-        value = wirejson.loads(data)
+        document = wirejson.parse_document(data)
     except wirejson.JsonSyntaxError as e:
         raise MalformedMessage(str(e)) from None
-    _check_limits(value)
-    return classify(value)
+    if not isinstance(document.value, dict):
+        raise MalformedMessage("expected a JSON-RPC object")
+    message = classify(document.value)
+    trailing = document.trailing_error()
+    if trailing is not None:
+        raise MalformedMessage(trailing)
+    return message
 
 
-def _check_limits(value: Any) -> None:
-    count = 0
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        count += 1
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        if count > MAX_JSON_VALUES:
-            raise MalformedMessage(
-                f"JSON-RPC message exceeds the limit of {MAX_JSON_VALUES} JSON values"
-            )
+class _RequestId(P.Type):
+    """
+    A string or a signed 64-bit integer, with serde's texts for the rest.
+    """
+
+    def decode(self, value: Any) -> int | str:
+        if isinstance(value, str) or (type(value) is int and I64_MIN <= value <= I64_MAX):
+            return value
+        if type(value) is int and -(2**127) <= value < I64_MIN:
+            raise P.DecodeError(f"invalid type: integer `{value}` as i128, expected any value")
+        if type(value) is int and 2**64 <= value < 2**128:
+            raise P.DecodeError(f"invalid type: integer `{value}` as u128, expected any value")
+        raise P.DecodeError("data did not match any variant of untagged enum RequestId")
 
 
-def _valid_id(value: Any) -> bool:
-    if isinstance(value, str):
-        return True
-    return type(value) is int and I64_MIN <= value <= I64_MAX
+_ID = _RequestId()
+_TRACE = P.Struct("W3cTraceContext", [
+    P.Field("traceparent", P.Optional(P.String())),
+    P.Field("tracestate", P.Optional(P.String())),
+])
+_REQUEST = P.Struct("JSONRPCRequest", [
+    P.Field("id", _ID),
+    P.Field("method", P.String()),
+    P.Field("params", P.Optional(P.AnyValue())),
+    P.Field("trace", P.Optional(_TRACE)),
+])
+_NOTIFICATION = P.Struct("JSONRPCNotification", [
+    P.Field("method", P.String()),
+    P.Field("params", P.Optional(P.AnyValue())),
+])
+_RESPONSE = P.Struct("JSONRPCResponse", [
+    P.Field("id", _ID),
+    P.Field("result", P.AnyValue()),
+])
+_ERROR = P.Struct("JSONRPCError", [
+    P.Field("error", P.Struct("JSONRPCErrorError", [
+        P.Field("code", P.Int("i64")),
+        P.Field("message", P.String()),
+        P.Field("data", P.Optional(P.AnyValue())),
+    ])),
+    P.Field("id", _ID),
+])
 
 
-def classify(value: Any) -> Message:
-    if not isinstance(value, dict):
-        raise MalformedMessage(_no_variant())
-    if "method" in value:
-        method = value["method"]
-        if not isinstance(method, str):
-            raise MalformedMessage(_no_variant())
-        if "id" in value:
-            if not _valid_id(value["id"]):
-                raise MalformedMessage(_no_variant())
-            return Request(value["id"], method, value.get("params"))
-        return Notification(method, value.get("params"))
-    if "id" not in value or not _valid_id(value["id"]):
-        raise MalformedMessage(_no_variant())
-    if "result" in value:
-        return Response(value["id"], value["result"])
-    error = value.get("error")
-    if (
-        isinstance(error, dict)
-        and type(error.get("code")) is int
-        and isinstance(error.get("message"), str)
-    ):
-        return ErrorResponse(value["id"], error["code"], error["message"])
-    raise MalformedMessage(_no_variant())
-
-
-def _no_variant() -> str:
-    return "data did not match any variant of untagged enum JSONRPCMessage"
+def classify(value: dict) -> Message:
+    """
+    A C{method} makes a request (with an id) or a notification; else a
+    C{result} makes a response; anything else is an error object.
+    """
+    method = value.get("method")
+    if type(method) is str and len(value) == 2 and "id" in value:
+        # The common case, without the general decoder.
+        id = value["id"]
+        if isinstance(id, str) or (type(id) is int and I64_MIN <= id <= I64_MAX):
+            return Request(id, method, None)
+    try:
+        if "method" in value:
+            if "id" in value:
+                decoded = _REQUEST.decode(value)
+                return Request(decoded["id"], decoded["method"], decoded["params"])
+            decoded = _NOTIFICATION.decode(value)
+            return Notification(decoded["method"], decoded["params"])
+        if "result" in value:
+            decoded = _RESPONSE.decode(value)
+            return Response(decoded["id"], decoded["result"])
+        decoded = _ERROR.decode(value)
+    except P.DecodeError as e:
+        raise MalformedMessage(str(e)) from None
+    return ErrorResponse(decoded["id"], decoded["error"]["code"], decoded["error"]["message"])
 
 
 def encode_request(id: int | str, method: str, params: Any) -> bytes:

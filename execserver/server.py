@@ -282,7 +282,7 @@ class ServerConnection:
 
     def _call(self, method: Method, params: Any) -> Any:
         # As in the reference, params are decoded before the handshake gate.
-        decoded = P.decode_params(method.params, params)
+        decoded = _decode(method.params, params)
         self._gate(method.family)
         return method.handler(self, decoded)
 
@@ -295,7 +295,7 @@ class ServerConnection:
     def _initialize(self, params: Any) -> dict:
         if self.initialize_requested:
             raise rpc.invalid_request("initialize may only be sent once per connection")
-        decoded = P.decode_params(InitializeParams, params)
+        decoded = _decode(InitializeParams, params)
         registry = self.server.registry
         resume = decoded["resumeSessionId"]
         if resume is None:
@@ -307,3 +307,10 @@ class ServerConnection:
             "sessionId": self.session.id,
             "environmentInfo": self.server.environment_info(),
         }
+
+
+def _decode(schema: P.Type, params: Any) -> Any:
+    try:
+        return P.decode_params(schema, params)
+    except P.DecodeError as e:
+        raise rpc.invalid_params(str(e)) from None

@@ -1,12 +1,16 @@
 """
-JSON text in and out, with the reference server's syntax rules and messages.
+JSON text in and out, with the reference server's rules and messages.
 
-The reference parses with serde_json. Valid input goes through the C parser of
-the standard library; when that refuses the input, or accepts something
-serde_json would refuse (non-finite numbers, lone surrogate escapes, deep
-nesting), L{_Diagnoser} walks the text the way serde_json does and names the
-first error with serde_json's wording and ``line N column M`` position, so
-peers see the same text from us as from the reference.
+The reference reads the first JSON value of a message with serde_json (with
+arbitrary-precision numbers, so no number is ever out of range), rejecting
+nesting deeper than 127 containers, more than L{MAX_VALUES} values and
+duplicate object keys, each with serde_json's C{at line L column C}
+position. Trailing characters are only reported after the envelope decoded.
+
+Valid input goes through the standard library's C parser. When that refuses
+the input, or the result breaks one of the rules above, L{_Diagnoser} walks
+the bytes the way serde_json does and names the first problem with the
+reference's wording and position.
 """
 
 from __future__ import annotations
@@ -18,84 +22,135 @@ from typing import Any
 #: serde_json refuses to nest arrays/objects this deep.
 RECURSION_LIMIT = 128
 
+#: At most this many JSON values (scalars, arrays and objects; not keys).
+MAX_VALUES = 256 * 1024
+
+_WHITESPACE = " \t\n\r"
+
 
 class JsonSyntaxError(ValueError):
     """
-    The text is not JSON that serde_json would accept.
+    The first JSON value is not one the reference would accept.
 
-    C{str(error)} is serde_json's message, e.g.
+    C{str(error)} is the reference's text, e.g.
     C{expected value at line 1 column 1}.
     """
+
+
+class _DuplicateKey(Exception):
+    pass
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(name)
 
 
-def _parse_float(text: str) -> float:
-    if not _finite(text):
-        raise ValueError(text)
-    return float(text)
+def _pairs(pairs: list) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise _DuplicateKey()
+    return result
 
 
-def _parse_int(text: str) -> int:
-    # serde_json reads integers beyond 64 bits as floats, which can overflow.
-    if len(text) > 300 and not _finite(text):
-        raise ValueError(text)
-    return int(text)
-
-
-_decoder = json.JSONDecoder(
-    parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int
-)
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_pairs)
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
-def loads(data: bytes | str) -> Any:
+class Document:
     """
-    Parse one JSON text.
+    The first JSON value of a message, and what follows it.
+    """
 
-    @raise JsonSyntaxError: with serde_json's message.
+    def __init__(self, value: Any, text: str, end: int) -> None:
+        self.value = value
+        self._text = text
+        self._end = end
+
+    def trailing_error(self) -> str | None:
+        """
+        serde_json's error for anything but whitespace after the value.
+        """
+        rest = self._text[self._end:]
+        stripped = rest.lstrip(_WHITESPACE)
+        if not stripped:
+            return None
+        prefix = self._text[: len(self._text) - len(stripped)]
+        index = len(prefix.encode("utf-8", "surrogateescape"))
+        data = self._text.encode("utf-8", "surrogateescape")
+        return f"trailing characters at {position(data, index + 1)}"
+
+
+def parse_document(data: bytes | str) -> Document:
+    """
+    Parse the first JSON value of a message.
+
+    @raise JsonSyntaxError: with the reference's text.
     """
     if isinstance(data, bytes):
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise JsonSyntaxError(_Diagnoser(data).diagnose()) from None
+            # serde_json checks UTF-8 only inside strings: bytes that are not
+            # UTF-8 either break the first value or trail it.
+            detail = _Diagnoser(data).diagnose()
+            if detail is not None:
+                raise JsonSyntaxError(detail) from None
+            text = data.decode("utf-8", "surrogateescape")
     else:
         text = data
+    start = len(text) - len(text.lstrip(_WHITESPACE))
     try:
-        value = _decoder.decode(text)
-    except (ValueError, RecursionError):
+        value, end = _decoder.raw_decode(text, start)
+    except (ValueError, RecursionError, _DuplicateKey):
         raise JsonSyntaxError(_diagnose(text)) from None
-    if ("\\u" in text and _SURROGATE_ESCAPE.search(text)) or _too_deep(value):
-        detail = _Diagnoser(text.encode("utf-8")).diagnose()
+    # A number at the top level may have been cut short where serde_json
+    # reads on ("01", "1.").
+    if (
+        type(value) in (int, float)
+        or ("\\u" in text and _SURROGATE_ESCAPE.search(text))
+        or _exceeds_limits(value)
+    ):
+        detail = _Diagnoser(text.encode("utf-8", "surrogatepass")).diagnose()
         if detail is not None:
             raise JsonSyntaxError(detail)
-    return value
+    return Document(value, text, end)
 
 
-def _diagnose(text: str) -> str:
-    detail = _Diagnoser(text.encode("utf-8", "surrogatepass")).diagnose()
+def loads(data: bytes | str) -> Any:
+    """
+    Parse a whole JSON text (the first value and nothing but whitespace).
+    """
+    document = parse_document(data)
+    trailing = document.trailing_error()
+    if trailing is not None:
+        raise JsonSyntaxError(trailing)
+    return document.value
+
+
+def _diagnose(data: bytes | str) -> str:
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
     # Both parsers follow RFC 8259; a disagreement would be a bug here, and
     # the peer still deserves an error rather than silence.
-    return detail or "invalid JSON"
+    return _Diagnoser(data).diagnose() or "invalid JSON"
 
 
-def _too_deep(value: Any) -> bool:
+def _exceeds_limits(value: Any) -> bool:
     if not isinstance(value, (list, dict)):
         return False
+    count = 1
     stack = [(value, 1)]
     while stack:
         container, depth = stack.pop()
-        if depth >= RECURSION_LIMIT:
-            return True
         children = container.values() if isinstance(container, dict) else container
+        count += len(children)
+        if count > MAX_VALUES:
+            return True
         for child in children:
-            if isinstance(child, (list, dict)) and child:
+            if isinstance(child, (list, dict)):
+                if depth + 1 >= RECURSION_LIMIT:
+                    return True
                 stack.append((child, depth + 1))
-            elif isinstance(child, (list, dict)) and depth + 1 >= RECURSION_LIMIT:
-                return True
     return False
 
 
@@ -106,11 +161,21 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-class _SyntaxFound(Exception):
+def position(data: bytes, index: int) -> str:
+    """
+    serde_json's C{line L column C} for a byte index: lines start at 1,
+    columns count bytes since the last newline.
+    """
+    start = data.rfind(b"\n", 0, index) + 1
+    line = 1 + data.count(b"\n", 0, start)
+    return f"line {line} column {index - start}"
+
+
+class _Found(Exception):
     pass
 
 
-_WHITESPACE = b" \t\n\r"
+_WHITESPACE_BYTES = b" \t\n\r"
 _STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*')
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = frozenset(b'"\\/bfnrt')
@@ -118,40 +183,32 @@ _SIMPLE_ESCAPES = frozenset(b'"\\/bfnrt')
 
 class _Diagnoser:
     """
-    Replays serde_json's recursive-descent parser over UTF-8 bytes.
+    Replays serde_json's parser over the first value of a message.
 
-    It builds no values: it only finds the first error serde_json reports and
-    the position it reports it at. serde_json counts columns in bytes from
-    the last newline; an error "at" the current index and one "peeked" at the
-    next byte differ by one column, and each branch below uses the same one
-    serde_json does.
+    It builds no values: it finds the first error the reference reports and
+    the position it reports it at. An error "at" the current index and one
+    "peeked" at the next byte differ by one column, and each branch below
+    uses the same one serde_json does.
     """
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.index = 0
         self.depth = RECURSION_LIMIT
+        self.values = 0
 
     def diagnose(self) -> str | None:
         try:
             self._value()
-            if self._skip_whitespace() is not None:
-                self._peek_error("trailing characters")
-        except _SyntaxFound as found:
+        except _Found as found:
             return str(found)
         return None
 
-    def _position(self, index: int) -> str:
-        start = self.data.rfind(b"\n", 0, index) + 1
-        line = 1 + self.data.count(b"\n", 0, start)
-        return f"line {line} column {index - start}"
-
     def _error(self, message: str):
-        raise _SyntaxFound(f"{message} at {self._position(self.index)}")
+        raise _Found(f"{message} at {position(self.data, self.index)}")
 
     def _peek_error(self, message: str):
-        index = min(len(self.data), self.index + 1)
-        raise _SyntaxFound(f"{message} at {self._position(index)}")
+        raise _Found(f"{message} at {position(self.data, min(len(self.data), self.index + 1))}")
 
     def _peek(self) -> int | None:
         if self.index < len(self.data):
@@ -166,7 +223,7 @@ class _Diagnoser:
 
     def _skip_whitespace(self) -> int | None:
         data = self.data
-        while self.index < len(data) and data[self.index] in _WHITESPACE:
+        while self.index < len(data) and data[self.index] in _WHITESPACE_BYTES:
             self.index += 1
         return self._peek()
 
@@ -174,6 +231,9 @@ class _Diagnoser:
         byte = self._skip_whitespace()
         if byte is None:
             self._peek_error("EOF while parsing a value")
+        self.values += 1
+        if self.values > MAX_VALUES:
+            self._error(f"JSON-RPC message exceeds the limit of {MAX_VALUES} JSON values")
         if byte == ord("n"):
             self.index += 1
             self._ident(b"ull")
@@ -221,7 +281,6 @@ class _Diagnoser:
         return self.index - start
 
     def _number(self) -> None:
-        start = self.index
         first = self._next()
         if first == ord("-"):
             first = self._next()
@@ -253,12 +312,14 @@ class _Diagnoser:
             if not 0x30 <= digit <= 0x39:
                 self._error("invalid number")
             self._digits()
-        if not _finite(self.data[start : self.index]):
-            self._error("number out of range")
 
-    def _string(self) -> None:
+    def _string(self) -> bytes:
+        """
+        Check a string whose opening quote was consumed; return its raw
+        bytes including both quotes.
+        """
         data = self.data
-        start = self.index
+        start = self.index - 1
         while True:
             self.index = _STRING_RUN.match(data, self.index).end()
             if self.index == len(data):
@@ -267,10 +328,10 @@ class _Diagnoser:
             self.index += 1
             if byte == ord('"'):
                 try:
-                    data[start : self.index - 1].decode("utf-8")
+                    data[start + 1 : self.index - 1].decode("utf-8")
                 except UnicodeDecodeError:
                     self._error("invalid unicode code point")
-                return
+                return data[start : self.index]
             if byte == ord("\\"):
                 self._escape()
             else:
@@ -332,6 +393,7 @@ class _Diagnoser:
 
     def _object(self) -> None:
         first = True
+        keys = set()
         while True:
             byte = self._skip_whitespace()
             if byte == ord("}"):
@@ -347,7 +409,10 @@ class _Diagnoser:
             first = False
             if byte == ord('"'):
                 self.index += 1
-                self._string()
+                key = json.loads(self._string())
+                if key in keys:
+                    self._error(f"duplicate JSON object key `{key}`")
+                keys.add(key)
             elif byte == ord("}"):
                 self._peek_error("trailing comma")
             elif byte is None:
@@ -361,7 +426,3 @@ class _Diagnoser:
                 self._peek_error("expected `:`")
             self.index += 1
             self._value()
-
-
-def _finite(literal: bytes | str) -> bool:
-    return float(literal) not in (float("inf"), float("-inf"))

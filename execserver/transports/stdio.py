@@ -1,10 +1,11 @@
 """
 The stdio transport: newline-delimited JSON on stdin and stdout.
 
-One message per line in each direction (C{\\n} or C{\\r\\n} in; C{\\n} out);
-blank lines are skipped. A line longer than L{MAX_LINE_BYTES} ends the
-connection. There is exactly one connection: when stdin ends, the server
-kills every process it started and exits.
+One message per line in each direction (C{\\n} in, with one C{\\r} before it
+dropped; C{\\n} out). Lines that are only whitespace are skipped. A line
+longer than L{MAX_LINE_BYTES} or one that is not UTF-8 ends the connection,
+as in the reference. There is exactly one connection: when stdin ends, the
+server kills every process it started and exits.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from execserver.interfaces import IMessageProtocol, IMessageTransport
 
 #: Longest accepted line, without its terminator.
 MAX_LINE_BYTES = 64 * 1024 * 1024
+
+#: What Rust's str::trim() strips: Unicode White_Space.
+_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005" \
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 
 
 @implementer(IMessageTransport)
@@ -65,19 +70,24 @@ class LineMessageProtocol(protocol.Protocol):
             self._pending.append(rest)
             self._pending_size += len(rest)
             if self._pending_size > MAX_LINE_BYTES + 1:
-                self._too_long()
+                self._end()
 
     def _deliver(self, line: bytes) -> bool:
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) > MAX_LINE_BYTES:
-            self._too_long()
+            self._end()
             return False
-        if line.strip():
-            self.message_protocol.messageReceived(line)
-        return self.transport is not None and not self.transport.disconnecting
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._end()
+            return False
+        if text.strip(_WHITESPACE):
+            self.message_protocol.messageReceived(text)
+        return not self.transport.disconnecting
 
-    def _too_long(self) -> None:
+    def _end(self) -> None:
         self._pending = []
         self.transport.loseConnection()
 

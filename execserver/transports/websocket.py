@@ -4,12 +4,15 @@ client library and the tests.
 
     GET /         WebSocket upgrade; one JSON-RPC message per WebSocket
                   message, text frames out, text or binary frames in
-    GET /readyz   200, empty body
+    GET /readyz   200, empty body (405 for other methods)
     anything else 404
     any request carrying an Origin header: 403 (browsers send one; the
     exec-server is not for web pages)
 
-The server pings every 30 s and does not enforce a pong deadline.
+Bad upgrade requests get the reference's status and plain-text reason.
+Protocol violations (an oversized frame, invalid UTF-8 in a text frame) end
+the connection without a Close frame, as in the reference. The server pings
+every 30 s and does not enforce a pong deadline.
 """
 
 from __future__ import annotations
@@ -86,7 +89,17 @@ class ExecServerWebSocketProtocol(WebSocketServerProtocol):
         self.connection.makeConnection(MessageTransport(self))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.connection.messageReceived(payload)
+        if isBinary:
+            # Binary frames are parsed as bytes: invalid UTF-8 in them is a
+            # JSON error answered on the connection.
+            self.connection.messageReceived(payload)
+            return
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            self.transport.abortConnection()
+            return
+        self.connection.messageReceived(text)
 
     def onClose(self, wasClean: bool, code, reason) -> None:
         if self.connection is not None:
@@ -94,38 +107,75 @@ class ExecServerWebSocketProtocol(WebSocketServerProtocol):
             connection.connectionLost(Failure(ConnectionError(code, reason)))
 
 
-class _Ready(resource.Resource):
+class _Status(resource.Resource):
+    """
+    A fixed answer: a status, an optional plain-text reason, headers.
+    """
+
     isLeaf = True
 
-    def render_GET(self, request: server.Request) -> bytes:
-        request.defaultContentType = None
-        return b""
-
-
-class _Forbidden(resource.Resource):
-    isLeaf = True
+    def __init__(self, code: int, reason: str = "", headers: dict[bytes, bytes] | None = None):
+        super().__init__()
+        self.code = code
+        self.body = reason.encode()
+        self.headers = headers or {}
 
     def render(self, request: server.Request) -> bytes:
-        request.setResponseCode(403)
-        request.defaultContentType = None
-        return b""
+        request.setResponseCode(self.code)
+        for name, value in self.headers.items():
+            request.setHeader(name, value)
+        if self.body:
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        else:
+            request.defaultContentType = None
+        request.setHeader(b"content-length", b"%d" % len(self.body))
+        return b"" if request.method == b"HEAD" else self.body
+
+
+_READY = _Status(200)
+_NOT_READY_METHOD = _Status(405, headers={b"allow": b"GET,HEAD"})
+_FORBIDDEN = _Status(403)
+_NOT_FOUND = _Status(404)
+
+
+def _tokens(request: server.Request, name: bytes) -> list[bytes]:
+    value = request.getHeader(name) or b""
+    return [token.strip().lower() for token in value.split(b",")]
+
+
+def _upgrade_problem(request: server.Request) -> resource.Resource | None:
+    """
+    Why this request to / cannot become a WebSocket, as the reference says it.
+    """
+    if request.method not in (b"GET",):
+        return _Status(405, "Request method must be `GET`")
+    if request.clientproto == b"HTTP/1.0":
+        return _Status(426, "WebSocket request couldn't be upgraded since no upgrade state was present")
+    if b"upgrade" not in _tokens(request, b"connection"):
+        return _Status(400, "Connection header did not include 'upgrade'")
+    if b"websocket" not in _tokens(request, b"upgrade"):
+        return _Status(400, "`Upgrade` header did not include 'websocket'")
+    if request.getHeader(b"sec-websocket-version") != b"13":
+        return _Status(400, "`Sec-WebSocket-Version` header did not include '13'")
+    if request.getHeader(b"sec-websocket-key") is None:
+        return _Status(400, "`Sec-WebSocket-Key` header missing")
+    return None
 
 
 class _Root(resource.Resource):
     def __init__(self, websocket: resource.Resource) -> None:
         super().__init__()
         self._websocket = websocket
-        self._ready = _Ready()
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
         if request.getHeader(b"origin") is not None:
-            return _Forbidden()
+            return _FORBIDDEN
         if not request.postpath:
             if path == b"":
-                return self._websocket
+                return _upgrade_problem(request) or self._websocket
             if path == b"readyz":
-                return self._ready
-        return resource.NoResource()
+                return _READY if request.method in (b"GET", b"HEAD") else _NOT_READY_METHOD
+        return _NOT_FOUND
 
 
 def site(exec_server) -> server.Site:
@@ -142,6 +192,7 @@ def site(exec_server) -> server.Site:
         maxFramePayloadSize=MAX_FRAME_BYTES,
         maxMessagePayloadSize=MAX_MESSAGE_BYTES,
         perMessageCompressionAccept=lambda offers: None,
+        utf8validateIncoming=False,
         openHandshakeTimeout=0,
         closeHandshakeTimeout=1,
         trustXForwardedFor=0,

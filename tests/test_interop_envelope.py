@@ -1,0 +1,205 @@
+"""
+The envelope, the handshake and the HTTP surface, against the reference.
+"""
+
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from twisted.internet import protocol, reactor
+from twisted.internet.defer import Deferred
+
+from tests import support
+from tests.interop import InteropTestCase, interop
+
+CASES = json.loads((Path(__file__).parent / "data" / "envelope_cases.json").read_text())
+
+FAMILIES = {
+    "process/start": {"processId": "p", "argv": ["/bin/true"], "cwd": "file:///tmp", "env": {}, "tty": False},
+    "process/read": {"processId": "p"},
+    "process/write": {"processId": "p", "chunk": "", "writeId": "w"},
+    "process/signal": {"processId": "p", "signal": "interrupt"},
+    "process/terminate": {"processId": "p"},
+    "environment/info": None,
+    "environment/status": None,
+}
+
+
+async def malformed_corpus(peer):
+    """
+    Every recorded input, each on a connection of its own.
+    """
+    for case in CASES:
+        if "detail" not in case:
+            continue
+        conn = await peer.reconnect()
+        conn.send_raw(case["input"])
+        await conn.next_message(f"reply to {case['input']!r}")
+        await conn.call("environment/status", label="still open")
+        await conn.close()
+
+
+async def dropped_connections(peer):
+    for case in CASES:
+        if "dropped" not in case:
+            continue
+        conn = await peer.reconnect()
+        conn.send_raw(case["input"])
+        await conn.expect_disconnect(f"dropped by {case['input']!r}")
+
+
+async def accepted_variations(peer):
+    await peer.handshake()
+    for case in CASES:
+        if "reply" in case:
+            peer.send_raw(case["input"])
+            await peer.next_message(f"reply to {case['input']!r}")
+
+
+async def binary_frames(peer):
+    peer.send_raw(b'{"id":1,"method":"environment/status"}', binary=True)
+    await peer.next_message("binary JSON")
+    for data in (b"\xff\xfe", b'{"id":1,"method":"x","params":"\xff"}', b'{"\xe9":1}',
+                 b'{"id":1,"method":"x"}\xff', b""):
+        peer.send_raw(data, binary=True)
+        await peer.next_message(f"binary {data!r}")
+
+
+async def invalid_utf8_text_frame(peer):
+    peer.queue.transport.protocol.sendMessage(b'{"id":1,"method":"\xff"}', isBinary=False)
+    await peer.expect_disconnect()
+
+
+async def gating(peer):
+    for method, params in FAMILIES.items():
+        await peer.call(method, params, label=f"{method} before initialize")
+    await peer.call("process/start", None, label="params decoded before the gate")
+    await peer.call("no/such", label="unknown method before initialize")
+    await peer.call("initialize", {"clientName": "x"}, record=False)
+    for method, params in FAMILIES.items():
+        await peer.call(method, params, label=f"{method} before initialized")
+    await peer.call("initialize", {"clientName": "x"}, label="second initialize")
+    peer.send({"method": "initialized", "params": 5})
+    peer.send({"method": "initialized"})
+    await peer.call("environment/status", label="after initialized")
+    await peer.call("initialized", label="initialized as a request")
+
+
+async def initialize_params(peer):
+    for params in (None, {}, {"resumeSessionId": "nope"}, [], ["x", None, 1], "x", 5, True,
+                   {"clientName": 5}, {"clientName": "x", "resumeSessionId": 5}, {"clientName": None},
+                   ["x", "nope"], {"clientName": "x", "resumeSessionId": ""}):
+        await peer.call("initialize", params, label=f"initialize {params!r}")
+    await peer.call("initialize", ["x"], label="positional initialize", record=False)
+    await peer.call("environment/status", label="status before initialized")
+
+
+async def failed_initialize_then_initialized(peer):
+    await peer.call("initialize", {"clientName": "x", "resumeSessionId": "nope"})
+    peer.send({"method": "initialized"})
+    await peer.expect_disconnect()
+
+
+class EnvelopeTests(InteropTestCase):
+    test_malformed_corpus = interop(malformed_corpus)
+    test_dropped_connections = interop(dropped_connections)
+    test_accepted_variations = interop(accepted_variations)
+    test_binary_frames = interop(binary_frames)
+    test_invalid_utf8_text_frame = interop(invalid_utf8_text_frame)
+
+
+class HandshakeTests(InteropTestCase):
+    test_gating = interop(gating)
+    test_initialize_params = interop(initialize_params)
+    test_failed_initialize_then_initialized = interop(failed_initialize_then_initialized)
+
+
+class _RawHttp(protocol.Protocol):
+    """
+    Sends raw bytes and reads one response: its head, then as much body as
+    content-length announces (none for HEAD).
+    """
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.data = b""
+        self.done: Deferred = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        head, found, body = self.data.partition(b"\r\n\r\n")
+        if not found:
+            return
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if self.request.startswith(b"HEAD"):
+            length = 0
+        if len(body) >= length and not self.done.called:
+            self.done.callback((head, body[:length]))
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason) -> None:
+        if not self.done.called:
+            self.done.errback(reason)
+
+
+async def raw_http(url: str, request: bytes) -> dict:
+    """
+    Send raw bytes; the parts of the response both servers are meant to
+    agree on.
+    """
+    parts = urlsplit(url)
+    client = _RawHttp(request)
+    await support.with_timeout(protocol.ClientCreator(reactor, lambda: client).connectTCP(
+        parts.hostname, parts.port))
+    head, body = await support.with_timeout(client.done)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return {
+        "status": lines[0].split(" ", 2)[1] if lines[0] else None,
+        "content-length": headers.get("content-length"),
+        "content-type": headers.get("content-type"),
+        "allow": headers.get("allow"),
+        "body": body.decode("latin-1"),
+    }
+
+
+UPGRADE = (b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+
+HTTP_REQUESTS = {
+    "readyz": b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "readyz with a query": b"GET /readyz?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "readyz HEAD": b"HEAD /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "readyz POST": b"POST /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    "readyz slash": b"GET /readyz/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "readyz with origin": b"GET /readyz HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n",
+    "upgrade with origin": b"GET / HTTP/1.1\r\nHost: x\r\nOrigin: null\r\n" + UPGRADE + b"\r\n",
+    "404 with origin": b"GET /nope HTTP/1.1\r\nHost: x\r\nOrigin: x\r\nConnection: close\r\n\r\n",
+    "not found": b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "healthz": b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "root without upgrade": b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "root POST": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    "no Upgrade header": b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    "wrong version": b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    "no key": b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    "HTTP/1.0 upgrade": b"GET / HTTP/1.0\r\nHost: x\r\n" + UPGRADE + b"\r\n",
+}
+
+
+class HttpSurfaceTests(InteropTestCase):
+    async def test_http_answers(self):
+        async def scenario(peer):
+            for name, request in HTTP_REQUESTS.items():
+                peer.record(name, await raw_http(peer.server.url, request))
+
+        await self.compare(scenario)

@@ -1,0 +1,132 @@
+"""
+The message parser: the reference's texts for every malformed input we
+recorded from it, its limits, and fuzzing for crashes and disagreements.
+"""
+
+import json
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial import unittest
+
+from execserver import rpc, wirejson
+
+CASES = json.loads((Path(__file__).parent / "data" / "envelope_cases.json").read_text())
+
+
+def detail(text):
+    try:
+        rpc.parse(text)
+    except rpc.MalformedMessage as e:
+        return str(e)
+    return None
+
+
+class ReferenceCorpusTests(unittest.SynchronousTestCase):
+    """
+    Inputs sent to the reference binary and the detail it answered with
+    (docs/reference/envelope.md, appendices A and B).
+    """
+
+    def test_every_recorded_detail(self):
+        checked = 0
+        for case in CASES:
+            if "detail" in case:
+                self.assertEqual(detail(case["input"]), case["detail"], repr(case["input"]))
+                checked += 1
+        self.assertGreater(checked, 150)
+
+    def test_accepted_messages_parse(self):
+        for case in CASES:
+            if "reply" in case or "dropped" in case:
+                self.assertIsNone(detail(case["input"]), repr(case["input"]))
+
+
+class LimitTests(unittest.SynchronousTestCase):
+    def message(self, params: str) -> str:
+        return '{"id":1,"method":"x","params":' + params + "}"
+
+    def test_value_count(self):
+        self.assertIsNone(detail(self.message("[" + ",".join(["0"] * 262140) + "]")))
+        self.assertEqual(
+            detail(self.message("[" + ",".join(["0"] * 262141) + "]")),
+            "JSON-RPC message exceeds the limit of 262144 JSON values at line 1 column 524311",
+        )
+
+    def test_keys_do_not_count(self):
+        members = ",".join(f'"k{i}":0' for i in range(262140))
+        self.assertIsNone(detail(self.message("{" + members + "}")))
+
+    def test_depth(self):
+        self.assertIsNone(detail(self.message("[" * 126 + "]" * 126)))
+        self.assertEqual(
+            detail(self.message("[" * 127 + "]" * 127)),
+            "recursion limit exceeded at line 1 column 157",
+        )
+
+    def test_duplicate_keys_anywhere(self):
+        self.assertEqual(
+            detail('{"id":1,"method":"x","params":{"a":{"b":{"b":1,"b":2}}}}'),
+            "duplicate JSON object key `b` at line 1 column 50",
+        )
+
+    def test_invalid_utf8_in_bytes(self):
+        self.assertEqual(
+            detail(b'{"id":1,"method":"x","params":"\xff"}'),
+            "invalid unicode code point at line 1 column 33",
+        )
+
+    def test_a_large_message_parses_quickly_enough_to_matter(self):
+        data = "A" * (16 << 20)
+        message = rpc.parse(self.message(json.dumps({"dataBase64": data})))
+        self.assertEqual(len(message.params["dataBase64"]), len(data))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=5), children, max_size=5),
+    max_leaves=30,
+)
+
+
+class FuzzTests(unittest.SynchronousTestCase):
+    @settings(max_examples=400, deadline=None)
+    @given(json_values)
+    def test_serialized_values_round_trip(self, value):
+        self.assertEqual(wirejson.loads(wirejson.dumps(value)), value)
+
+    @settings(max_examples=1000, deadline=None)
+    @given(st.binary(max_size=200))
+    def test_arbitrary_bytes_parse_or_fail_cleanly(self, data):
+        try:
+            message = rpc.parse(data)
+        except rpc.MalformedMessage as e:
+            self.assertTrue(str(e))
+        else:
+            self.assertIsInstance(message, (rpc.Request, rpc.Notification, rpc.Response, rpc.ErrorResponse))
+
+    @settings(max_examples=1000, deadline=None)
+    @given(st.data())
+    def test_mutated_messages_fail_with_a_position_or_parse(self, data):
+        text = '{"id":7,"method":"process/start","params":{"argv":["a\\u00e9",1.5e3,true,null],"x":{}}}'
+        position = data.draw(st.integers(0, len(text)))
+        insert = data.draw(st.sampled_from(['"', "{", "}", "[", "]", ",", ":", "\\", "x", " ", "\n", "0", "-", "\x01"]))
+        cut = data.draw(st.integers(0, 3))
+        mutated = text[:position] + insert + text[position + cut:]
+        try:
+            python_value = json.loads(mutated)
+        except ValueError:
+            python_value = None
+        try:
+            message = rpc.parse(mutated)
+        except rpc.MalformedMessage as e:
+            problem = str(e)
+            if python_value is None and not problem.startswith(
+                ("missing field", "invalid type", "data did not", "expected a JSON-RPC object")
+            ):
+                self.assertIn(" at line ", problem)
+        else:
+            if isinstance(python_value, dict) and isinstance(message, rpc.Request):
+                self.assertEqual(message.params, python_value.get("params"))
