@@ -1,0 +1,78 @@
+"""
+The twistd plugin: options, and a daemonized server with its pidfile and
+logfile.
+"""
+
+import os
+import re
+import signal
+import sys
+import tempfile
+
+from twisted.internet import protocol, reactor
+from twisted.internet.defer import Deferred
+from twisted.python import usage
+from twisted.trial import unittest
+
+from execserver.service import Options
+from tests import support
+
+
+class OptionsTests(unittest.SynchronousTestCase):
+    def parse(self, *args):
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_defaults(self):
+        options = self.parse()
+        self.assertEqual((options["interface"], options["port"], options["listen"],
+                          options["concurrent-requests"]), ("127.0.0.1", 8765, "ws", 1))
+
+    def test_stdio_spellings(self):
+        self.assertEqual(self.parse("--listen", "stdio://")["listen"], "stdio")
+        self.assertEqual(self.parse("--listen", "stdio")["listen"], "stdio")
+
+    def test_bad_values(self):
+        for args in (["--listen", "tcp"], ["--interface", "localhost"], ["--port", "70000"],
+                     ["--concurrent-requests", "0"], ["--port", "x"]):
+            self.assertRaises(usage.UsageError, self.parse, *args)
+
+    def test_ipv6(self):
+        self.assertEqual(self.parse("--interface", "::1")["interface"], "::1")
+
+
+class _Finished(protocol.ProcessProtocol):
+    def __init__(self):
+        self.ended = Deferred()
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value.exitCode)
+
+
+class DaemonTests(unittest.TestCase):
+    timeout = 60
+
+    async def test_daemonized_server_serves_and_stops(self):
+        directory = tempfile.mkdtemp()
+        pidfile = os.path.join(directory, "execserver.pid")
+        logfile = os.path.join(directory, "execserver.log")
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "--pidfile", pidfile, "--logfile", logfile, "execserver", "--port", "0"]
+        launcher = _Finished()
+        reactor.spawnProcess(launcher, argv[0], argv, env=support.server_environment(), path=directory)
+        # twistd's launcher exits only once the daemon has started its
+        # services, so the port is open and logged by now.
+        self.assertEqual(await support.with_timeout(launcher.ended), 0)
+        with open(pidfile) as f:
+            pid = int(f.read())
+        self.addCleanup(lambda: os.path.exists(pidfile) and os.kill(pid, signal.SIGKILL))
+        with open(logfile) as f:
+            url = re.search(r"listening on (ws://\S+)", f.read()).group(1)
+        queue = await support.connect(url)
+        queue.send({"id": 1, "method": "initialize", "params": {"clientName": "t"}})
+        self.assertIn("sessionId", (await queue.response(1))["result"])
+        await queue.close()
+        os.kill(pid, signal.SIGTERM)
+        await support.process_gone(pid)
+        self.assertFalse(os.path.exists(pidfile))
