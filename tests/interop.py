@@ -21,7 +21,7 @@ import tempfile
 import urllib.parse
 from typing import Any, Awaitable, Callable
 
-from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.trial import unittest
 
 from tests import support
@@ -257,10 +257,15 @@ class InteropTestCase(unittest.TestCase):
     timeout = 120
 
     async def compare(self, scenario: Scenario, args=(), env=None) -> list:
-        reference, ours = await gatherResults([
+        # Both runs finish (and clean up) before either failure is reported.
+        results = await DeferredList([
             ensureDeferred(run_against("reference", scenario, args, env)),
             ensureDeferred(run_against("ours", scenario, args, env)),
         ], consumeErrors=True)
+        for kind, (succeeded, result) in zip(("reference", "ours"), results):
+            if not succeeded:
+                self.fail(f"the scenario failed against {kind}:\n{result.getTraceback()}")
+        (_, reference), (_, ours) = results
         if reference != ours:
             diff = "\n".join(difflib.unified_diff(
                 _render(reference), _render(ours), "reference", "ours", lineterm=""

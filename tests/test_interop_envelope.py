@@ -203,3 +203,25 @@ class HttpSurfaceTests(InteropTestCase):
                 peer.record(name, await raw_http(peer.server.url, request))
 
         await self.compare(scenario)
+
+
+async def oversized_input_spares_other_connections(peer):
+    await peer.handshake()
+    for size, fragment in ((16 * 1024 * 1024 + 1, 0), (64 * 1024 * 1024 + 1, 1024 * 1024)):
+        bad = await peer.reconnect()
+        payload = b'"' + b"x" * (size - 2) + b'"'
+        sender = bad.queue.transport.protocol
+        sender.maxFramePayloadSize = sender.maxMessagePayloadSize = 0
+        sender.sendMessage(payload, isBinary=False, fragmentSize=fragment or None)
+        await bad.expect_disconnect(f"dropped after {size} bytes")
+        await peer.call("environment/status", label="other connection still served")
+    ok = await peer.reconnect()
+    # The answer quotes the whole string back, in a frame over our own limit.
+    ok.queue.transport.protocol.maxFramePayloadSize = 0
+    head, tail = '{"id":1,"method":"environment/status","params":"', '"}'
+    ok.send_raw(head + "x" * (16 * 1024 * 1024 - len(head) - len(tail)) + tail)
+    await ok.next_message("a frame of exactly 16 MiB is still a message")
+
+
+class LimitTests(InteropTestCase):
+    test_oversized_input_spares_other_connections = interop(oversized_input_spares_other_connections)
