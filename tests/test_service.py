@@ -3,6 +3,7 @@ The twistd plugin: options, and a daemonized server with its pidfile and
 logfile.
 """
 
+import base64
 import os
 import re
 import signal
@@ -76,3 +77,22 @@ class DaemonTests(unittest.TestCase):
         os.kill(pid, signal.SIGTERM)
         await support.process_gone(pid)
         self.assertFalse(os.path.exists(pidfile))
+
+
+class ShutdownTests(unittest.TestCase):
+    timeout = 60
+
+    async def test_sigterm_kills_every_process_group(self):
+        server = await support.start_server("ours")
+        queue = await support.connect(server.url)
+        queue.send({"id": 1, "method": "initialize", "params": {"clientName": "t"}})
+        await queue.response(1)
+        queue.send({"method": "initialized"})
+        queue.send({"id": 2, "method": "process/start", "params": support.start_params(
+            "p", ["/bin/sh", "-c", "sleep 100 & echo $$ $!; wait"])})
+        output = await queue.notification(lambda m: m["method"] == "process/output")
+        leader, background = map(int, base64.b64decode(output["params"]["chunk"]).split())
+        await server.stop()
+        await support.process_gone(leader)
+        await support.process_gone(background)
+        await queue.lost
