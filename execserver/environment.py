@@ -66,7 +66,7 @@ CAPABILITIES = {
     "fsWatchMissing": False,
     "capabilityDiscoveryV2": False,
     "environmentConfigRead": False,
-    "httpHeaderEnvVars": False,
+    "httpHeaderEnvVars": True,
     "sandboxedFileStreaming": False,
     "fileWriteStreaming": False,
     "shellSnapshotV2": False,

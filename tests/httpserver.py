@@ -10,7 +10,7 @@ Origin paths::
 
     /echo...                 200, JSON of the request as the origin saw it
     /status/<code>           <code> with the body "status body"
-    /redirect/<code>?to=L    <code> with Location L (taken verbatim from the query)
+    /redirect/<code>?to=L    <code> with Location L (the rest of the target, percent-decoded)
     /chain/<n>?code=C        n redirects (C, default 302), then /echo/final
     /loop                    302 to itself
     /hold/<gate>             the echo once the test releases <gate>
@@ -32,11 +32,13 @@ Origin paths::
 from __future__ import annotations
 
 import base64
+import datetime
 import gzip
+import ipaddress
 import json
 from collections import deque
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.internet import defer, protocol, reactor as default_reactor
 from twisted.internet.defer import Deferred
@@ -70,6 +72,35 @@ HEADERS_FIXTURE = [
 
 #: The uncompressed body behind /gzip.
 GZIP_TEXT = b"hello gzip world " * 10
+
+
+def self_signed_certificate(names=("localhost", "tls.example"), address="127.0.0.1") -> tuple[bytes, bytes]:
+    """
+    A certificate (PEM) for C{names} and C{address}, and its key (PEM).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    san = [x509.DNSName(name) for name in names] + [x509.IPAddress(ipaddress.ip_address(address))]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 def pattern(n: int) -> bytes:
@@ -155,7 +186,7 @@ class _OriginRequest(http.Request):
             client_port=self.getClientAddress().port,
         )
         self.channel.raw_lines = []
-        origin.seen.append(seen)
+        origin.arrived(seen)
         origin.route(self, seen)
 
 
@@ -196,11 +227,18 @@ class _TrackingFactory:
             for waiter in waiters:
                 waiter.callback(None)
 
-    def close_all(self) -> Deferred:
+    def when_idle(self) -> Deferred:
+        """
+        Fires once no connection is open.
+        """
         if not self.connections:
             return defer.succeed(None)
         done = Deferred()
         self._all_gone.append(done)
+        return done
+
+    def close_all(self) -> Deferred:
+        done = self.when_idle()
         for connection in list(self.connections):
             connection.transport.abortConnection()
         return done
@@ -288,21 +326,57 @@ class Origin:
         self.bytes_sent = 0
         self.factory = _OriginFactory(self, reactor)
         self.port = None
+        self.port_number = 0
+        self.scheme = "http"
+        self.trust_root = None
+        self._arrivals: list[tuple[int, Deferred]] = []
 
-    async def start(self) -> "Origin":
-        self.port = self.reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+    async def start(self, tls: bool = False) -> "Origin":
+        """
+        Listen on 127.0.0.1; with C{tls}, over TLS with a certificate that
+        L{trust_root} vouches for.
+        """
+        if tls:
+            from twisted.internet import ssl
+
+            certificate, key = self_signed_certificate()
+            options = ssl.PrivateCertificate.loadPEM(key + certificate).options()
+            self.trust_root = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(certificate)])
+            self.scheme = "https"
+            self.port = self.reactor.listenSSL(0, self.factory, options, interface="127.0.0.1")
+        else:
+            self.port = self.reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.port_number = self.port.getHost().port
         return self
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port.getHost().port}"
-
-    @property
-    def port_number(self) -> int:
-        return self.port.getHost().port
+        return f"127.0.0.1:{self.port_number}"
 
     def url(self, path: str = "/echo", host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port_number}{path}"
+        return f"{self.scheme}://{host}:{self.port_number}{path}"
+
+    def arrived(self, seen: SeenRequest) -> None:
+        self.seen.append(seen)
+        for entry in [entry for entry in self._arrivals if entry[0] <= len(self.seen)]:
+            self._arrivals.remove(entry)
+            entry[1].callback(seen)
+
+    def received(self, count: int) -> Deferred:
+        """
+        Fires once C{count} requests have arrived in all.
+        """
+        if len(self.seen) >= count:
+            return defer.succeed(self.seen[count - 1])
+        waiter = Deferred()
+        self._arrivals.append((count, waiter))
+        return waiter
+
+    def disconnected(self) -> Deferred:
+        """
+        Fires once no client is connected.
+        """
+        return self.factory.when_idle()
 
     def gate(self, name: str) -> Gate:
         return self.gates.setdefault(name, Gate())
@@ -329,7 +403,10 @@ class Origin:
         if path.startswith("/echo") or path == "/":
             self._echo(request, seen)
         elif head and handler is not None:
-            handler(request, seen, parts[2:], query)
+            try:
+                handler(request, seen, parts[2:], query)
+            except ValueError:
+                _respond(request, 400, [], b"bad request")
         else:
             _respond(request, 404, [], b"not found")
 
@@ -345,9 +422,10 @@ class Origin:
             _respond(request, code, [(b"Content-Length", b"11")], b"status body")
 
     def _redirect(self, request, seen, args, query) -> None:
-        # The raw query keeps Location bytes exactly as the test spelled them.
-        location = seen.target.split("?to=", 1)[1] if "?to=" in seen.target else "/echo"
-        _respond(request, int(args[0]), [(b"Location", location.encode("latin-1"))])
+        # Everything after "?to=", percent-decoded (so "%23" can put a "#"
+        # in the Location).
+        location = unquote(seen.target.split("?to=", 1)[1]) if "?to=" in seen.target else "/echo"
+        _respond(request, int(args[0]), [(b"Location", location.encode("utf-8"))])
 
     def _chain(self, request, seen, args, query) -> None:
         hops = int(args[0])
@@ -547,18 +625,16 @@ class ForwardProxy:
         self.seen: list[ProxySeen] = []
         self.factory = _ProxyFactory(self, reactor)
         self.port = None
+        self.port_number = 0
 
     async def start(self) -> "ForwardProxy":
         self.port = self.reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.port_number = self.port.getHost().port
         return self
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port.getHost().port}"
-
-    @property
-    def port_number(self) -> int:
-        return self.port.getHost().port
+        return f"http://127.0.0.1:{self.port_number}"
 
     async def stop(self) -> None:
         await self.port.stopListening()
