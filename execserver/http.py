@@ -65,15 +65,15 @@ DENIED_ENV_VARS = frozenset((
 HttpHeader = P.Struct("HttpHeader", [
     P.Field("name", P.String()),
     P.Field("value", P.String()),
-    P.Field("valueEnvVar", P.Optional(P.String())),
+    P.Field("valueEnvVar", P.Optional(P.String()), default=None),
 ])
 
 HttpRequestParams = P.Struct("HttpRequestParams", [
     P.Field("method", P.String()),
     P.Field("url", P.String()),
     P.Field("headers", P.Seq(HttpHeader), default=[]),
-    P.Field("bodyBase64", P.Optional(P.Base64())),
-    P.Field("timeoutMs", P.Optional(P.Int("u64"))),
+    P.Field("bodyBase64", P.Optional(P.Base64()), default=None),
+    P.Field("timeoutMs", P.Optional(P.Int("u64")), default=None),
     P.Field("redirectPolicy", P.Enum("HttpRedirectPolicy", ["follow", "stop"]), default="follow"),
     P.Field("requestId", P.String()),
     P.Field("streamResponse", P.Bool(), default=False),

@@ -193,18 +193,24 @@ class Enum(Type):
 
     def decode(self, value: Any) -> str:
         if isinstance(value, dict):
+            # The map form {"variant": null}: the variant is named first.
             if len(value) != 1:
                 raise DecodeError("invalid value: map, expected map with a single key")
-            ((value, content),) = value.items()
+            ((name, content),) = value.items()
+            variant = self.variant(name)
             if content is not None:
-                raise invalid_type(content, "unit variant")
-        elif not isinstance(value, str):
+                raise invalid_type(content, "unit")
+            return variant
+        if not isinstance(value, str):
             raise invalid_type(value, "string or map")
-        if value in self.variants:
-            return value
-        if value in self.aliases:
-            return self.aliases[value]
-        raise DecodeError(f"unknown variant `{value}`, expected {_one_of(self.variants)}")
+        return self.variant(value)
+
+    def variant(self, name: str) -> str:
+        if name in self.variants:
+            return name
+        if name in self.aliases:
+            return self.aliases[name]
+        raise DecodeError(f"unknown variant `{name}`, expected {_one_of(self.variants)}")
 
 
 class Base64(Type):
@@ -272,8 +278,12 @@ def _base64_problem(text: str) -> str:
 
 class Field:
     """
-    One struct member. C{default} is used when the member is absent; a
-    field with no default and a non-L{Optional} type is required.
+    One struct member.
+
+    A field given a C{default} has a serde default: it may be absent from an
+    object and from the end of a positional array. An L{Optional} field
+    without one may be absent from an object (it is then C{None}) but not
+    from an array. Any other field is required.
     """
 
     _REQUIRED = object()
@@ -281,7 +291,8 @@ class Field:
     def __init__(self, name: str, type: Type, default: Any = _REQUIRED) -> None:
         self.name = name
         self.type = type
-        if default is Field._REQUIRED and isinstance(type, Optional):
+        self.defaulted = default is not Field._REQUIRED
+        if not self.defaulted and isinstance(type, Optional):
             default = None
         self.default = default
 
@@ -320,7 +331,7 @@ class Struct(Type):
         for index, field in enumerate(self.fields):
             if index < len(items):
                 result[field.name] = field.type.decode(items[index])
-            elif field.required:
+            elif not field.defaulted:
                 raise DecodeError(
                     f"invalid length {index}, expected {self.expecting} "
                     f"with {len(self.fields)} element{'s' if len(self.fields) != 1 else ''}"

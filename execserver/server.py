@@ -49,7 +49,7 @@ class Method:
 
 InitializeParams = P.Struct("InitializeParams", [
     P.Field("clientName", P.String()),
-    P.Field("resumeSessionId", P.Optional(P.String())),
+    P.Field("resumeSessionId", P.Optional(P.String()), default=None),
 ])
 
 
