@@ -204,7 +204,17 @@ def encode_notification(method: str, params: Any) -> bytes:
     return wirejson.dumps(message)
 
 
+class RawJson(bytes):
+    """
+    A result already serialized as JSON. Handlers that return megabytes of
+    base64 build it where the data is (in a worker thread) so the reactor
+    only splices it into the response.
+    """
+
+
 def encode_response(id: int | str, result: Any) -> bytes:
+    if isinstance(result, RawJson):
+        return b"".join((b'{"id":', wirejson.dumps(id), b',"result":', result, b"}"))
     return wirejson.dumps({"id": id, "result": result})
 
 

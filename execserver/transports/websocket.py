@@ -18,6 +18,7 @@ every 30 s and does not enforce a pong deadline.
 from __future__ import annotations
 
 import socket
+import struct
 from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
@@ -62,7 +63,16 @@ class MessageTransport:
         )
 
     def sendMessage(self, data: bytes) -> None:
-        self.protocol.sendMessage(data, isBinary=False)
+        protocol = self.protocol
+        if protocol.state != protocol.STATE_OPEN:
+            return
+        if protocol.factory.isServer:
+            # An unmasked text frame written as header + payload: no copy of
+            # the payload, and no size limit (the reference sends answers of
+            # hundreds of MiB; its limits are for what it receives).
+            protocol.transport.writeSequence((_text_frame_header(len(data)), data))
+        else:
+            protocol.sendMessage(data, isBinary=False)
 
     def loseConnection(self) -> None:
         self.protocol.sendClose()
@@ -75,6 +85,14 @@ class MessageTransport:
 
     def unregisterProducer(self) -> None:
         self.protocol.transport.unregisterProducer()
+
+
+def _text_frame_header(length: int) -> bytes:
+    if length < 126:
+        return struct.pack("!BB", 0x81, length)
+    if length < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
 
 
 class ExecServerWebSocketProtocol(WebSocketServerProtocol):
