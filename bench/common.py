@@ -141,8 +141,8 @@ class Row:
 
 def report(title: str, rows: list[Row]) -> str:
     lines = [title, "",
-             f"| metric | reference | ours | ours/reference | target |",
-             f"| --- | ---: | ---: | ---: | --- |"]
+             "| metric | reference | ours | ours/reference | target |",
+             "| --- | ---: | ---: | ---: | --- |"]
     for row in rows:
         lines.append(
             f"| {row.name} ({row.unit}) | {row.reference:.4g} | {row.ours:.4g} "

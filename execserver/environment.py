@@ -68,7 +68,7 @@ CAPABILITIES = {
     "environmentConfigRead": False,
     "httpHeaderEnvVars": True,
     "sandboxedFileStreaming": False,
-    "fileWriteStreaming": False,
+    "fileWriteStreaming": True,
     "shellSnapshotV2": False,
     "windowsMxc": False,
     "linuxRootWritePreservesDevices": False,

@@ -9,11 +9,11 @@ import os
 import signal as signals
 from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred
+from twisted.internet.defer import TimeoutError, ensureDeferred
 
 from execserver import environment, oserrors
 from execserver import params as P
-from execserver import paths, rpc
+from execserver import paths, rpc, sandbox
 from execserver.process import ManagedProcess
 from execserver.server import Method, ServerConnection
 from execserver.spawn import ChildSpec
@@ -41,8 +41,6 @@ _DEFAULT_EXCLUDES = ("*KEY*", "*SECRET*", "*TOKEN*")
 #: reference's libc default, musl's).
 DEFAULT_PATH = "/usr/local/bin:/bin:/usr/bin"
 
-PathUri = P.Custom(paths.parse_uri)
-
 EnvPolicy = P.Struct("ExecEnvPolicy", [
     P.Field("inherit", P.Enum("ShellEnvironmentPolicyInherit", ["core", "all", "none"])),
     P.Field("ignoreDefaultExcludes", P.Bool()),
@@ -54,13 +52,13 @@ EnvPolicy = P.Struct("ExecEnvPolicy", [
 StartParams = P.Struct("WireExecParams", [
     P.Field("processId", P.String()),
     P.Field("argv", P.Seq(P.String())),
-    P.Field("cwd", PathUri),
+    P.Field("cwd", sandbox.PathUri),
     P.Field("env", P.Map(P.String())),
     P.Field("tty", P.Bool()),
     P.Field("pipeStdin", P.Bool(), default=False),
     P.Field("arg0", P.Optional(P.String())),
     P.Field("envPolicy", P.Optional(EnvPolicy)),
-    P.Field("sandbox", P.Optional(P.AnyValue())),
+    P.Field("sandbox", P.Optional(sandbox.SandboxContext)),
     P.Field("enforceManagedNetwork", P.Bool(), default=False),
     P.Field("managedNetwork", P.Optional(P.AnyValue())),
     P.Field("networkProxy", P.Optional(P.AnyValue())),
@@ -153,15 +151,22 @@ def _check_spawnable(program: str, argv: list[str], env: dict[str, str], tty: bo
         raise rpc.internal_error("data provided contains a nul byte")
 
 
+def _cwd(uri: str) -> bytes:
+    try:
+        return paths.to_host_path(uri)
+    except paths.ForeignPathError as e:
+        raise rpc.invalid_params(f"cwd URI `{uri}` is not valid on this exec-server host: {e}") from None
+
+
 def start(connection: ServerConnection, p: dict) -> dict:
     session = connection.session
-    sandbox = p["sandbox"]
-    if sandbox is None:
-        cwd = paths.to_host_path(p["cwd"])
+    if p["sandbox"] is None:
+        cwd = _cwd(p["cwd"])
     argv = p["argv"]
     if not argv:
         raise rpc.invalid_params("argv must not be empty")
-    if sandbox is not None:
+    if p["sandbox"] is not None:
+        # Until sandboxing is built, as a reference host without one says.
         raise rpc.invalid_params("sandbox intent cannot be enforced on this executor")
     process_id = p["processId"]
     if process_id in session.processes:

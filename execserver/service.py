@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from execserver import environment, http, process_methods
+from execserver import environment, filesystem, http, process_methods
 from execserver.server import ExecServer
 from execserver.transports import stdio, websocket
 
@@ -33,7 +33,7 @@ THREADS = 8
 
 def all_methods() -> dict:
     methods = {}
-    for module in (process_methods, http, environment):
+    for module in (process_methods, http, environment, filesystem):
         methods.update(module.METHODS)
     return methods
 

@@ -221,7 +221,7 @@ def _authority(scheme: str, rest: str) -> URL:
     host_text, port_text = _split_port(authority)
     if host_text == "" and (special or at >= 0 or port_text is not None):
         raise URLError("empty host")
-    host = _host(host_text, special)
+    host = parse_host(host_text, special)
     port = _port(port_text, scheme)
     url = URL(scheme, username, password, host, port)
     return _path_query_fragment(url, remainder, [])
@@ -311,7 +311,7 @@ def _file(rest: str) -> URL:
     if rest.startswith("//"):
         end = _find_any(rest[2:], "/?#") + 2
         host_text = rest[2:end]
-        host = "" if host_text in ("", "localhost") else _host(host_text, True)
+        host = "" if host_text in ("", "localhost") else parse_host(host_text, True)
         return _path_query_fragment(URL("file", host=host), rest[end:], [])
     return _path_query_fragment(URL("file", host=""), rest if rest.startswith("/") else "/" + rest, [])
 
@@ -319,7 +319,7 @@ def _file(rest: str) -> URL:
 # Hosts
 
 
-def _host(text: str, special: bool) -> str:
+def parse_host(text: str, special: bool = True) -> str:
     if text.startswith("["):
         if not text.endswith("]"):
             raise URLError("invalid IPv6 address")

@@ -198,7 +198,6 @@ async def write_statuses(peer):
                   " aGk=", "aG k=", "aGk-", "aGk_", "éééé", 1, None, [], {}):
         await peer.call("process/write", {"processId": "cat", "chunk": chunk, "writeId": "b"},
                         label=f"chunk {chunk!r}")
-    await peer.call("process/write", {"processId": "cat", "chunk": b64(b"\x04"), "writeId": "eof"}, record=False)
     await peer.call("process/terminate", {"processId": "cat"})
     await peer.process_events("cat")
     await peer.call("process/write", {"processId": "cat", "chunk": "", "writeId": "after-kill"})

@@ -6,7 +6,7 @@ import base64
 import os
 import signal
 
-from twisted.internet import reactor, task
+from twisted.internet import task
 from twisted.trial import unittest
 
 from execserver.process import (
