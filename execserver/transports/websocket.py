@@ -103,6 +103,9 @@ class ExecServerWebSocketProtocol(WebSocketServerProtocol):
         # connection loses in flight must fit in a process's replay window.
         handle = self.transport.getHandle()
         handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        # twisted.web's HTTP channel registered itself as the socket's
+        # producer; the JSON-RPC connection takes its place.
+        self.transport.unregisterProducer()
         self.connection = self.factory.server.buildConnection()
         self.connection.makeConnection(MessageTransport(self))
 
