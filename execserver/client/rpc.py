@@ -1,0 +1,158 @@
+"""
+The client side of one JSON-RPC connection: request ids, pending calls and
+notification dispatch over any L{IMessageTransport}.
+
+This layer knows nothing about sessions or reconnecting. When its transport
+goes away it tells its owner first and then fails every pending call with
+L{ConnectionDropped}, so the owner can decide what each call becomes.
+
+Messages from the server are trusted to be well-formed JSON (the standard
+library's C parser); the server-side limits and serde error texts of
+L{execserver.rpc.parse} are not needed to read them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from execserver import rpc
+from execserver.client.errors import ConnectionDropped, RemoteError, describe
+from execserver.interfaces import IMessageProtocol, IMessageTransport
+
+log = Logger()
+
+NotificationHandler = Callable[["RpcConnection", str, Any], None]
+LostHandler = Callable[["RpcConnection", Failure], None]
+
+
+@implementer(IMessageProtocol)
+class RpcConnection:
+    """
+    One connection's JSON-RPC client.
+
+    @ivar connected: a transport is attached and has not gone away.
+    @ivar lost: the transport went away (or was never attached and the
+        connection was abandoned); nothing more will be sent or received.
+    """
+
+    def __init__(self, on_notification: NotificationHandler, on_lost: LostHandler) -> None:
+        self._on_notification = on_notification
+        self._on_lost = on_lost
+        self.transport: IMessageTransport | None = None
+        self.connected = False
+        self.lost = False
+        self._next_id = 0
+        self._pending: dict[int, tuple[str, Deferred]] = {}
+        self._reading_paused = False
+
+    # IMessageProtocol
+
+    def makeConnection(self, transport: IMessageTransport) -> None:
+        self.transport = transport
+        if self.lost:
+            # Abandoned while connecting: the connection arrived too late.
+            transport.abortConnection()
+            return
+        self.connected = True
+        if self._reading_paused:
+            self._set_reading(False)
+
+    def messageReceived(self, data: bytes) -> None:
+        if self.lost:
+            return
+        try:
+            message = rpc.classify(json.loads(data))
+        except (ValueError, rpc.MalformedMessage) as e:
+            log.warn("ignoring a malformed message from the server: {error}", error=str(e))
+            return
+        if isinstance(message, rpc.Notification):
+            self._on_notification(self, message.method, message.params)
+        elif isinstance(message, rpc.Response):
+            entry = self._pending.pop(message.id, None)
+            if entry is not None:
+                entry[1].callback(message.result)
+        elif isinstance(message, rpc.ErrorResponse):
+            entry = self._pending.pop(message.id, None)
+            if entry is not None:
+                entry[1].errback(RemoteError(message.code, message.message, entry[0]))
+            else:
+                log.warn("the server reported an error for no pending request: "
+                         "{code} {message}", code=message.code, message=message.message)
+        else:
+            # Server-to-client requests (network/policyRequest) only follow a
+            # networkProxy launch, which this client never asks for.
+            self.transport.sendMessage(rpc.encode_error(
+                message.id, rpc.METHOD_NOT_FOUND,
+                f"execserver client does not implement `{message.method}`",
+            ))
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        self.connected = False
+        pending, self._pending = self._pending, {}
+        self._on_lost(self, reason)
+        error = ConnectionDropped(f"the connection was lost: {describe(reason)}")
+        for _method, waiter in pending.values():
+            waiter.errback(error)
+
+    # Requests
+
+    def request(self, method: str, params: Any) -> Deferred:
+        """
+        Send a request; the Deferred fires with its result, or fails with
+        L{RemoteError} or L{ConnectionDropped}.
+        """
+        if not self.connected:
+            return fail(ConnectionDropped("not connected"))
+        self._next_id += 1
+        waiter = Deferred()
+        self._pending[self._next_id] = (method, waiter)
+        self.transport.sendMessage(rpc.encode_request(self._next_id, method, params))
+        return waiter
+
+    def notify(self, method: str, params: Any) -> None:
+        if self.connected:
+            self.transport.sendMessage(rpc.encode_notification(method, params))
+
+    def abandon(self) -> None:
+        """
+        Drop this connection (or the attempt to make it) without reporting
+        the loss to the owner, which has already moved on.
+        """
+        self._on_lost = lambda connection, reason: None
+        if self.connected:
+            self.transport.abortConnection()
+        self.connectionLost(Failure(ConnectionDropped("abandoned")))
+
+    def close(self) -> None:
+        """
+        Close cleanly after what was already sent.
+        """
+        if self.connected:
+            self.transport.loseConnection()
+
+    # Back-pressure
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+        self._set_reading(False)
+
+    def resume_reading(self) -> None:
+        self._reading_paused = False
+        self._set_reading(True)
+
+    def _set_reading(self, reading: bool) -> None:
+        if self.connected and IPushProducer.providedBy(self.transport):
+            if reading:
+                self.transport.resumeProducing()
+            else:
+                self.transport.pauseProducing()
