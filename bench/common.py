@@ -26,7 +26,6 @@ from execserver.interfaces import IMessageProtocol
 from execserver.transports import websocket
 
 ROOT = Path(__file__).resolve().parent.parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def reference_binary() -> str:
@@ -62,10 +61,15 @@ class Server:
             raise RuntimeError(f"{kind} server did not start")
 
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.popen.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        # utime, stime, cutime, cstime: the server's own CPU, not its children's.
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        """
+        CPU time of all the server's threads (not its children), in
+        nanosecond resolution from the scheduler's statistics.
+        """
+        total = 0
+        for thread in os.listdir(f"/proc/{self.popen.pid}/task"):
+            with open(f"/proc/{self.popen.pid}/task/{thread}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
 
     def stop(self) -> None:
         self.popen.terminate()

@@ -311,7 +311,7 @@ def read_file(path: bytes, follow: bool) -> dict:
         data = _read_all(fd, info.st_size)
     finally:
         os.close(fd)
-    return rpc.RawJson(b'{"dataBase64":"' + base64.b64encode(data) + b'"}')
+    return rpc.RawJson(b'{"dataBase64":"', base64.b64encode(data), b'"}')
 
 
 def write_file(path: bytes, data: bytes, follow: bool) -> dict:
@@ -897,9 +897,9 @@ def read_block(fd: int, offset: int, length: int) -> dict:
         chunks.append(chunk)
         got += len(chunk)
     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return rpc.RawJson(b"".join((
-        b'{"chunk":"', base64.b64encode(data), b'","eof":', b"true" if got < length else b"false", b"}",
-    )))
+    return rpc.RawJson(
+        b'{"chunk":"', base64.b64encode(data), b'","eof":true}' if got < length else b'","eof":false}',
+    )
 
 
 def write_block(fd: int, offset: int, data: bytes) -> dict:

@@ -24,9 +24,11 @@ class IMessageTransport(Interface):
         "exec-server websocket 127.0.0.1:50000'."
     )
 
-    def sendMessage(data: bytes) -> None:
+    def sendMessage(data: bytes | tuple[bytes, ...]) -> None:
         """
-        Send one message (UTF-8 encoded JSON text).
+        Send one message (UTF-8 encoded JSON text). A tuple holds the
+        message's parts in order, so that a large message need not be
+        joined before it is written.
         """
 
     def loseConnection() -> None:

@@ -204,17 +204,23 @@ def encode_notification(method: str, params: Any) -> bytes:
     return wirejson.dumps(message)
 
 
-class RawJson(bytes):
+class RawJson:
     """
-    A result already serialized as JSON. Handlers that return megabytes of
-    base64 build it where the data is (in a worker thread) so the reactor
-    only splices it into the response.
+    A result already serialized as JSON, in parts. Handlers that return
+    megabytes of base64 build it where the data is (in a worker thread);
+    the parts go to the transport as they are, never re-scanned by the JSON
+    encoder or joined into one more copy.
     """
 
+    __slots__ = ("parts",)
 
-def encode_response(id: int | str, result: Any) -> bytes:
+    def __init__(self, *parts: bytes) -> None:
+        self.parts = parts
+
+
+def encode_response(id: int | str, result: Any) -> bytes | tuple[bytes, ...]:
     if isinstance(result, RawJson):
-        return b"".join((b'{"id":', wirejson.dumps(id), b',"result":', result, b"}"))
+        return (b'{"id":' + wirejson.dumps(id) + b',"result":', *result.parts, b"}")
     return wirejson.dumps({"id": id, "result": result})
 
 

@@ -148,7 +148,7 @@ class ServerConnection:
 
     # What handlers and sessions use
 
-    def sendMessage(self, data: bytes) -> None:
+    def sendMessage(self, data: bytes | tuple[bytes, ...]) -> None:
         if self.connected:
             self.transport.sendMessage(data)
 

@@ -242,7 +242,9 @@ class FakeMessageTransport:
         self.producer = None
         self._waiters: list[tuple[Callable[[Any], bool], Deferred]] = []
 
-    def sendMessage(self, data: bytes) -> None:
+    def sendMessage(self, data: bytes | tuple[bytes, ...]) -> None:
+        if isinstance(data, tuple):
+            data = b"".join(data)
         self.sent.append(data)
         if self._waiters:
             message = json.loads(data)

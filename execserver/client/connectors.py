@@ -75,7 +75,7 @@ class PausableMessageTransport:
         self._reader = reader
         self.parseErrorPrefix = transport.parseErrorPrefix
 
-    def sendMessage(self, data: bytes) -> None:
+    def sendMessage(self, data: bytes | tuple[bytes, ...]) -> None:
         self._transport.sendMessage(data)
 
     def loseConnection(self) -> None:

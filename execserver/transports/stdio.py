@@ -98,8 +98,9 @@ class LineMessageProtocol(protocol.Protocol):
 
     # IMessageTransport
 
-    def sendMessage(self, data: bytes) -> None:
-        self.transport.writeSequence((data, b"\n"))
+    def sendMessage(self, data: bytes | tuple[bytes, ...]) -> None:
+        parts = data if isinstance(data, tuple) else (data,)
+        self.transport.writeSequence((*parts, b"\n"))
 
     def loseConnection(self) -> None:
         self.transport.loseConnection()

@@ -62,17 +62,19 @@ class MessageTransport:
             f"exec-server websocket {host}:{peer.port}"
         )
 
-    def sendMessage(self, data: bytes) -> None:
+    def sendMessage(self, data: bytes | tuple[bytes, ...]) -> None:
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN:
             return
+        parts = data if isinstance(data, tuple) else (data,)
         if protocol.factory.isServer:
             # An unmasked text frame written as header + payload: no copy of
             # the payload, and no size limit (the reference sends answers of
             # hundreds of MiB; its limits are for what it receives).
-            protocol.transport.writeSequence((_text_frame_header(len(data)), data))
+            length = sum(len(part) for part in parts)
+            protocol.transport.writeSequence((_text_frame_header(length), *parts))
         else:
-            protocol.sendMessage(data, isBinary=False)
+            protocol.sendMessage(b"".join(parts), isBinary=False)
 
     def loseConnection(self) -> None:
         self.protocol.sendClose()
