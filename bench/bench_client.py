@@ -93,8 +93,8 @@ async def main(args) -> str:
         common.Row(f"exec end to end, {args.mib} MiB", "MiB/s", raw_rate,
                    common.median(end_to_end), "reported", "higher"),
     ]
-    table = common.report("Client benchmark (bench/bench_client.py); "
-                          "'reference' column = raw benchmark client", rows)
+    table = common.report("Client benchmark (bench/bench_client.py), on our server", rows,
+                          columns=("raw client", "exec"))
     detail = (f"\nraw MiB/s per round: {', '.join(f'{r:.1f}' for r in raw)}"
               f"\ncli streaming MiB/s per round: {', '.join(f'{r:.1f}' for r in streaming)}"
               f"\ncli end-to-end MiB/s per round: {', '.join(f'{r:.1f}' for r in end_to_end)}")

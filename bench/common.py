@@ -143,9 +143,10 @@ class Row:
         return self.ours / self.reference if self.reference else float("nan")
 
 
-def report(title: str, rows: list[Row]) -> str:
+def report(title: str, rows: list[Row], columns: tuple[str, str] = ("reference", "ours")) -> str:
+    base, measured = columns
     lines = [title, "",
-             "| metric | reference | ours | ours/reference | target |",
+             f"| metric | {base} | {measured} | {measured}/{base} | target |",
              "| --- | ---: | ---: | ---: | --- |"]
     for row in rows:
         lines.append(

@@ -114,10 +114,6 @@ class _WebSocketAdapter:
         tcp = transport.protocol.transport
         handle = tcp.getHandle()
         handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
-        # Every message is decoded as UTF-8 by the JSON parser anyway;
-        # validating it here as well would cost as much as the base64
-        # decoding of process output.
-        transport.protocol.utf8validateIncoming = False
         self.inner.makeConnection(PausableMessageTransport(transport, tcp))
 
     def messageReceived(self, data: bytes) -> None:
