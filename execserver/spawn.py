@@ -34,6 +34,12 @@ READ_SIZE = 64 * 1024
 PTY_ROWS = 24
 PTY_COLUMNS = 80
 
+#: How long a terminal is still read after its session leader exited: the
+#: kernel moves what the child wrote to our side of the terminal in the
+#: background. A background job that keeps the terminal open is cut off
+#: then, so the terminal ends with its session (as in the reference).
+PTY_LINGER_SECONDS = 0.2
+
 
 @dataclass(frozen=True)
 class ChildSpec:
@@ -213,6 +219,7 @@ class Child:
         #: Fires with the exit code once the child has been reaped.
         self.reaped: Deferred = Deferred()
         self._paused = False
+        self._linger = None
 
     def start(self) -> None:
         """
@@ -340,6 +347,9 @@ class Child:
         self.readers.remove(reader)
         if isinstance(reader, _PtyMaster):
             self.stdin = None
+            if self._linger is not None and self._linger.active():
+                self._linger.cancel()
+            self._linger = None
         reader.close()
         self.handler.childStreamEnded(reader.stream)
 
@@ -347,14 +357,21 @@ class Child:
         returncode = self.popen.poll()
         if returncode is None:
             returncode = self.popen.wait()
-        # Output written before the exit is recorded before the exit. A
-        # terminal ends with its session leader, as in the reference, even if
-        # a background job still holds it; pipes end when every holder is gone.
+        # Output written before the exit is recorded before the exit; pipes
+        # end when every holder is gone, a terminal soon after its leader.
         for reader in list(self.readers):
-            if reader.drain() or self.spec.tty:
+            if reader.drain():
                 _end(reader)
+        if self.spec.tty and self.readers:
+            self._linger = self.reactor.callLater(PTY_LINGER_SECONDS, self._end_terminal)
         self.exit_code = exit_code_from_status(returncode)
         if self.stdin is not None and not self.spec.tty:
             self.stdin.loseConnection()
         self.handler.childExited(self.exit_code)
         self.reaped.callback(self.exit_code)
+
+    def _end_terminal(self) -> None:
+        self._linger = None
+        for reader in list(self.readers):
+            reader.drain()
+            _end(reader)

@@ -184,6 +184,19 @@ class Peer:
         self.record(label or f"events {process_id}", summary)
         return summary
 
+    async def output_until(self, process_id: str, expected: bytes) -> None:
+        """
+        Take output notifications of C{process_id} until its output so far
+        is C{expected}, and record it.
+        """
+        output = b""
+        while len(output) < len(expected):
+            message = await self.queue.notification(
+                lambda m: m["method"] == "process/output" and m["params"]["processId"] == process_id
+            )
+            output += base64.b64decode(message["params"]["chunk"])
+        self.record(f"output of {process_id}", output.decode("utf-8", "replace"))
+
     async def expect_disconnect(self, label: str = "disconnected") -> None:
         try:
             await support.with_timeout(self.queue.lost)

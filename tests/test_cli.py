@@ -195,7 +195,7 @@ class TerminalTests(CliTestCase):
         await cli.wait_for(b"ready")
         cli.transport.write(b"hello\r")
         self.assertEqual(await support.with_timeout(cli.ended), 0)
-        self.assertIn(b"got:hello", cli.out)
+        self.assertIn(b"got:hello", cli.out, (cli.out, cli.err))
         self.assertEqual(after, [before, 0])
 
     async def test_ctrl_c_reaches_the_remote_terminal(self):

@@ -198,6 +198,9 @@ async def write_statuses(peer):
                   " aGk=", "aG k=", "aGk-", "aGk_", "éééé", 1, None, [], {}):
         await peer.call("process/write", {"processId": "cat", "chunk": chunk, "writeId": "b"},
                         label=f"chunk {chunk!r}")
+    # The reference writes to stdin in the background: what cat echoed is
+    # only known once it arrives, not when the write is acknowledged.
+    await peer.output_until("cat", b"first\nsecond\n \n")
     await peer.call("process/terminate", {"processId": "cat"})
     await peer.process_events("cat")
     await peer.call("process/write", {"processId": "cat", "chunk": "", "writeId": "after-kill"})

@@ -200,7 +200,7 @@ class PtyTests(ProcessTestCase):
 
     async def test_ctrl_c_through_the_terminal_interrupts(self):
         await self.call("process/start", start_params(
-            "p", ["/bin/sh", "-c", "echo ready; sleep 100"], tty=True))
+            "p", ["/bin/sh", "-c", "echo ready; exec sleep 100"], tty=True))
         await self.transport.wait_for(lambda m: b"ready" in self.transport.output("p"))
         await self.call("process/write", {"processId": "p", "chunk": b64(b"\x03"), "writeId": "c"})
         await self.transport.closed_event("p")
@@ -356,3 +356,20 @@ class ReferenceBehaviourTests(ProcessTestCase):
         reply = await self.call("process/start", start_params("q", ["ldconfig"], env={}))
         self.assertEqual(reply["error"], {
             "code": -32603, "message": "No such file or directory (os error 2)"})
+
+
+class PtyOutputTests(ProcessTestCase):
+    async def test_output_written_just_before_exit_is_never_lost(self):
+        # The kernel hands what a child wrote to our side of its terminal in
+        # the background; the last of it may still be on its way at exit.
+        script = "i=0; while [ $i -lt 50 ]; do echo line$i; i=$((i+1)); done"
+        expected = b"".join(b"line%d\r\n" % i for i in range(50))
+        closed = []
+        for n in range(100):
+            send(self.connection, {"id": n, "method": "process/start",
+                                   "params": start_params(f"t{n}", ["/bin/sh", "-c", script], tty=True)})
+            closed.append(self.transport.closed_event(f"t{n}"))
+        for waiter in closed:
+            await waiter
+        for n in range(100):
+            self.assertEqual(self.transport.output(f"t{n}"), expected, n)
