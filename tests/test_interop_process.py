@@ -292,3 +292,27 @@ class ReadWriteTests(InteropTestCase):
 
 class SessionTests(InteropTestCase):
     test_resume = interop(resume_session)
+
+
+async def concurrent_lanes(peer):
+    for method in ("environment/info", "initialize", "environment/info"):
+        params = {"clientName": "x"} if method == "initialize" else None
+        peer.request(method, params)
+    replies = [await peer.queue.next(lambda m: "id" in m) for _ in range(3)]
+    peer.record("before initialized, in order", [
+        (r["id"], r.get("error", {}).get("message")) for r in replies])
+    peer.send({"method": "initialized"})
+    await peer.call("process/start", start("sl", ["/bin/sleep", "100"]))
+    read = peer.request("process/read", {"processId": "sl", "waitMs": 1500})
+    quick = [peer.request("environment/status"), peer.request("no/such"),
+             peer.request("process/terminate", {"processId": "sl"})]
+    order = []
+    while len(order) < 4:
+        message = await peer.queue.next(lambda m: "id" in m)
+        order.append(message["id"])
+    peer.record("quick requests answered", sorted(order[:3]) == sorted(quick))
+    peer.record("the long poll, woken by the kill, last", order[3] == read)
+
+
+class ConcurrencyTests(InteropTestCase):
+    test_concurrent_lanes = interop(concurrent_lanes, args=["--concurrent-requests", "4"])
