@@ -13,11 +13,12 @@ Core benchmarks, ours against the reference in one run:
 from __future__ import annotations
 
 import argparse
-import base64
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pybase64  # noqa: E402
 
 from twisted.internet import defer  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
@@ -63,7 +64,7 @@ async def throughput(server: common.Server, mib: int) -> tuple[float, float]:
         nonlocal received
         method = message["method"]
         if method == "process/output":
-            received += len(base64.b64decode(message["params"]["chunk"]))
+            received += len(pybase64.b64decode(message["params"]["chunk"]))
         elif method == "process/closed":
             closed.callback(None)
 

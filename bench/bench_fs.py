@@ -11,13 +11,14 @@ Filesystem benchmarks, ours against the reference in one run:
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pybase64  # noqa: E402
 
 from bench import common  # noqa: E402
 
@@ -46,7 +47,7 @@ async def read_file(client: common.Client, uri: str, rounds: int) -> float:
     started = common.now()
     for _ in range(rounds):
         reply = await client.call("fs/readFile", {"path": uri})
-        assert len(base64.b64decode(reply["result"]["dataBase64"])) == 16 * BLOCK
+        assert len(pybase64.b64decode(reply["result"]["dataBase64"])) == 16 * BLOCK
     return 16 * rounds / (common.now() - started)
 
 
@@ -58,7 +59,7 @@ async def stream_blocks(client: common.Client, uri: str, rounds: int) -> float:
         offset = 0
         while True:
             reply = await client.call("fs/readBlock", {"handleId": handle, "offset": offset, "len": BLOCK})
-            offset += len(base64.b64decode(reply["result"]["chunk"]))
+            offset += len(pybase64.b64decode(reply["result"]["chunk"]))
             if reply["result"]["eof"]:
                 break
         await client.call("fs/close", {"handleId": handle})

@@ -14,7 +14,6 @@ refuse with an error instead (see C{docs/filesystem.md}).
 
 from __future__ import annotations
 
-import base64
 import collections
 import ctypes
 import errno
@@ -23,6 +22,7 @@ import shutil
 import stat
 from typing import Any, Callable
 
+import pybase64
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
@@ -311,7 +311,7 @@ def read_file(path: bytes, follow: bool) -> dict:
         data = _read_all(fd, info.st_size)
     finally:
         os.close(fd)
-    return rpc.RawJson(b'{"dataBase64":"', base64.b64encode(data), b'"}')
+    return rpc.RawJson(b'{"dataBase64":"', pybase64.b64encode(data), b'"}')
 
 
 def write_file(path: bytes, data: bytes, follow: bool) -> dict:
@@ -898,7 +898,7 @@ def read_block(fd: int, offset: int, length: int) -> dict:
         got += len(chunk)
     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     return rpc.RawJson(
-        b'{"chunk":"', base64.b64encode(data), b'","eof":true}' if got < length else b'","eof":false}',
+        b'{"chunk":"', pybase64.b64encode(data), b'","eof":true}' if got < length else b'","eof":false}',
     )
 
 

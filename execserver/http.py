@@ -17,10 +17,10 @@ client: while the connection cannot send, the HTTP socket is not read.
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 from weakref import WeakKeyDictionary
 
+import pybase64
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -296,7 +296,7 @@ class _Call:
         else:
             data = b"".join(self.pieces)
             self.pieces = []
-            encoded = binascii.b2a_base64(data, newline=False).decode("ascii")
+            encoded = pybase64.b64encode_as_string(data)
             self.outer.callback(_result(self.response, encoded))
 
     def _delta(self, data, done: bool, error: str | None) -> None:
@@ -304,7 +304,7 @@ class _Call:
         self.connection.sendMessage(b"".join([
             _DELTA_START, self._id_json,
             b',"seq":%d,"deltaBase64":"' % self.seq,
-            binascii.b2a_base64(data, newline=False),
+            pybase64.b64encode(data),
             b'","done":', b"true" if done else b"false",
             b',"error":', b"null" if error is None else wirejson.dumps(error),
             b"}}",

@@ -17,6 +17,8 @@ from __future__ import annotations
 import binascii
 from typing import Any, Callable
 
+import pybase64
+
 U64_MAX = 2**64 - 1
 
 
@@ -238,10 +240,10 @@ def decode_base64(text: str) -> bytes:
         C{Invalid symbol 33, offset 0.}
     """
     try:
-        data = binascii.a2b_base64(text, strict_mode=True)
+        data = pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise DecodeError(_base64_problem(text)) from None
-    if len(text) % 4 == 0 and binascii.b2a_base64(data, newline=False).decode() == text:
+    if len(text) % 4 == 0 and pybase64.b64encode(data) == text.encode("ascii"):
         return data
     raise DecodeError(_base64_problem(text))
 

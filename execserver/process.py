@@ -17,11 +17,11 @@ to its newest chunk, or L{CATCH_UP_SECONDS} after the session was resumed.
 
 from __future__ import annotations
 
-import base64
 import bisect
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+import pybase64
 from twisted.internet.defer import Deferred
 
 from execserver import rpc, wirejson
@@ -163,7 +163,7 @@ def _output_notification(process_id_json: bytes, seq: int, stream: str, data: by
         b'{"method":"process/output","params":{"processId":',
         process_id_json,
         b',"seq":%d,"stream":"%s","chunk":"' % (seq, stream.encode("ascii")),
-        base64.b64encode(data),
+        pybase64.b64encode(data),
         b'"}}',
     ))
 
@@ -286,7 +286,7 @@ class ManagedProcess:
             next_seq = log.next_seq
         return {
             "chunks": [
-                {"seq": seq, "stream": stream, "chunk": base64.b64encode(data).decode("ascii")}
+                {"seq": seq, "stream": stream, "chunk": pybase64.b64encode_as_string(data)}
                 for seq, stream, data in chunks
             ],
             "nextSeq": next_seq,

@@ -38,11 +38,11 @@ L{RecoveryFailed}.
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
+import pybase64
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -555,7 +555,7 @@ class ExecServerClient:
             write_id = f"{self._write_prefix}-w{self._writes}"
         writing = self.call("process/write", {
             "processId": process_id,
-            "chunk": base64.b64encode(data).decode("ascii"),
+            "chunk": pybase64.b64encode_as_string(data),
             "writeId": write_id,
         })
         return writing.addCallback(lambda result: result["status"])

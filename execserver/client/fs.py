@@ -13,11 +13,11 @@ fails with L{HandleLost} instead of silently reading another file.
 
 from __future__ import annotations
 
-import base64
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+import pybase64
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 
 from execserver import paths
@@ -79,12 +79,12 @@ class FileSystem:
         reading = self._client.call("fs/readFile", {
             "path": as_uri(path), "followSymlinks": follow_symlinks,
         })
-        return reading.addCallback(lambda result: base64.b64decode(result["dataBase64"]))
+        return reading.addCallback(lambda result: pybase64.b64decode(result["dataBase64"]))
 
     def write_file(self, path, data: bytes, follow_symlinks: bool = True) -> Deferred:
         return self._client.call("fs/writeFile", {
             "path": as_uri(path),
-            "dataBase64": base64.b64encode(data).decode("ascii"),
+            "dataBase64": pybase64.b64encode_as_string(data),
             "followSymlinks": follow_symlinks,
         })
 
@@ -247,12 +247,12 @@ class FileHandle:
             "handleId": self.handle_id, "offset": offset, "len": length,
         })
         return reading.addCallback(
-            lambda result: (base64.b64decode(result["chunk"]), result["eof"]))
+            lambda result: (pybase64.b64decode(result["chunk"]), result["eof"]))
 
     def write_block(self, offset: int, data: bytes) -> Deferred:
         return self._call("fs/writeBlock", {
             "handleId": self.handle_id, "offset": offset,
-            "chunk": base64.b64encode(data).decode("ascii"),
+            "chunk": pybase64.b64encode_as_string(data),
         })
 
     def close(self) -> Deferred:

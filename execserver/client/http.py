@@ -10,11 +10,11 @@ stream in progress when the connection drops fails with L{HandleLost}.
 
 from __future__ import annotations
 
-import base64
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
+import pybase64
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
@@ -131,7 +131,7 @@ class BodyStream:
             ))
             return
         self._next_seq += 1
-        data = base64.b64decode(params["deltaBase64"])
+        data = pybase64.b64decode(params["deltaBase64"])
         if data:
             if self._receiver is None:
                 self._early.append(data)
@@ -222,7 +222,7 @@ class Http:
             "streamResponse": stream,
         }
         if body is not None:
-            params["bodyBase64"] = base64.b64encode(body).decode("ascii")
+            params["bodyBase64"] = pybase64.b64encode_as_string(body)
         body_stream = None
         if stream:
             body_stream = BodyStream(self._client, request_id)
@@ -232,7 +232,7 @@ class Http:
             pairs = [(header["name"], header["value"]) for header in result["headers"]]
             if body_stream is not None:
                 return HttpResponse(result["status"], pairs, None, body_stream)
-            return HttpResponse(result["status"], pairs, base64.b64decode(result["bodyBase64"]))
+            return HttpResponse(result["status"], pairs, pybase64.b64decode(result["bodyBase64"]))
 
         def failed(reason: Failure) -> Failure:
             if body_stream is not None:

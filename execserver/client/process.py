@@ -32,10 +32,10 @@ protocol (L{ProtocolViolation}).
 
 from __future__ import annotations
 
-import base64
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+import pybase64
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -445,7 +445,7 @@ class ProcessHandle:
         receiver = self.receiver
         try:
             if kind is OUTPUT:
-                receiver.outputReceived(event[1], base64.b64decode(event[2]))
+                receiver.outputReceived(event[1], pybase64.b64decode(event[2]))
             elif kind is EXITED:
                 self.exit_code = event[1]
                 self.sandbox_denied = event[2]
