@@ -529,10 +529,10 @@ def _copy_tree(source: bytes, destination: bytes) -> None:
     links recreated with the same text; anything else is left out.
     """
     _create_dir_all(destination)
-    stack = [(source, destination, os.scandir(source))]
+    stack = [(destination, os.scandir(source))]
     try:
         while stack:
-            from_dir, to_dir, listing = stack[-1]
+            to_dir, listing = stack[-1]
             entry = next(listing, None)
             if entry is None:
                 listing.close()
@@ -541,13 +541,13 @@ def _copy_tree(source: bytes, destination: bytes) -> None:
             from_path, to_path = entry.path, _join(to_dir, entry.name)
             if entry.is_dir(follow_symlinks=False):
                 _create_dir_all(to_path)
-                stack.append((from_path, to_path, os.scandir(from_path)))
+                stack.append((to_path, os.scandir(from_path)))
             elif entry.is_symlink():
                 os.symlink(os.readlink(from_path), to_path)
             elif entry.is_file(follow_symlinks=False):
                 _copy_file(from_path, to_path)
     finally:
-        for _, _, listing in stack:
+        for _, listing in stack:
             listing.close()
 
 

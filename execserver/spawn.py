@@ -218,7 +218,6 @@ class Child:
         self.exit_code: int | None = None
         #: Fires with the exit code once the child has been reaped.
         self.reaped: Deferred = Deferred()
-        self._paused = False
         self._linger = None
 
     def start(self) -> None:
@@ -305,10 +304,6 @@ class Child:
         self.stdin.write(data)
         return True
 
-    @property
-    def has_stdin(self) -> bool:
-        return self.stdin is not None
-
     def signal_group(self, signum: int) -> None:
         """
         Signal the child's whole process group.
@@ -331,12 +326,10 @@ class Child:
             _end(reader)
 
     def pauseProducing(self) -> None:
-        self._paused = True
         for reader in self.readers:
             reader.stopReading()
 
     def resumeProducing(self) -> None:
-        self._paused = False
         for reader in self.readers:
             if reader.fd >= 0:
                 reader.startReading()

@@ -227,7 +227,6 @@ class _Recovering(_State):
         self.first_reason = describe(reason)
         self.last_reason = self.first_reason
         self.delay = FIRST_RETRY_DELAY
-        self.attempts = 0
         self.link: RpcConnection | None = None
         self._budget = None
         self._attempt_timer = None
@@ -243,7 +242,6 @@ class _Recovering(_State):
     def _attempt(self) -> None:
         client = self.client
         self._retry = None
-        self.attempts += 1
         link, opening = client._open_link(client.session_id)
         self.link = link
         self._attempt_timer = client.clock.callLater(
