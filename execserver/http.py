@@ -93,6 +93,14 @@ def client_for(server) -> HttpClient:
     return client
 
 
+def use_client(server, client: HttpClient) -> None:
+    """
+    Make C{server} send its requests with C{client} (tests give a client
+    with their own proxy settings and clock).
+    """
+    _clients[server] = client
+
+
 class _Streams:
     """
     A connection's streamed requests by C{requestId}, from the request until
