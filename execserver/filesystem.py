@@ -921,11 +921,19 @@ def _as_rpc_errors(function: Callable, *args) -> Any:
         raise oserrors.to_rpc_error(e) from None
 
 
-def handle_read_file(connection: ServerConnection, p: dict) -> Deferred:
+def _at_path(connection: ServerConnection, p: dict, function: Callable, *args) -> Deferred:
+    """
+    Check the sandbox and the path, in the reference's order, then run
+    C{function(path, *args)} in the thread pool.
+    """
     restriction = sandbox.restriction(p["sandbox"])
     path = _host_path(p["path"])
     _enforce(restriction)
-    return _blocking(connection, read_file, path, p["followSymlinks"] is not False)
+    return _blocking(connection, function, path, *args)
+
+
+def handle_read_file(connection: ServerConnection, p: dict) -> Deferred:
+    return _at_path(connection, p, read_file, p["followSymlinks"] is not False)
 
 
 def handle_write_file(connection: ServerConnection, p: dict) -> Deferred:
@@ -933,40 +941,25 @@ def handle_write_file(connection: ServerConnection, p: dict) -> Deferred:
         data = P.decode_base64(p["dataBase64"])
     except P.DecodeError as e:
         raise rpc.invalid_request(f"fs/writeFile requires valid base64 dataBase64: {e}") from None
-    restriction = sandbox.restriction(p["sandbox"])
-    path = _host_path(p["path"])
-    _enforce(restriction)
-    return _blocking(connection, write_file, path, data, p["followSymlinks"] is not False)
+    return _at_path(connection, p, write_file, data, p["followSymlinks"] is not False)
 
 
 def handle_create_directory(connection: ServerConnection, p: dict) -> Deferred:
-    restriction = sandbox.restriction(p["sandbox"])
-    path = _host_path(p["path"])
-    _enforce(restriction)
-    return _blocking(connection, create_directory, path,
-                     p["recursive"] is not False, p["followSymlinks"] is not False)
+    return _at_path(connection, p, create_directory,
+                    p["recursive"] is not False, p["followSymlinks"] is not False)
 
 
 def handle_get_metadata(connection: ServerConnection, p: dict) -> Deferred:
-    restriction = sandbox.restriction(p["sandbox"])
-    path = _host_path(p["path"])
-    _enforce(restriction)
-    return _blocking(connection, get_metadata, path, p["followSymlinks"] is not False)
+    return _at_path(connection, p, get_metadata, p["followSymlinks"] is not False)
 
 
 def handle_read_directory(connection: ServerConnection, p: dict) -> Deferred:
-    restriction = sandbox.restriction(p["sandbox"])
-    path = _host_path(p["path"])
-    _enforce(restriction)
-    return _blocking(connection, read_directory, path)
+    return _at_path(connection, p, read_directory)
 
 
 def handle_remove(connection: ServerConnection, p: dict) -> Deferred:
-    restriction = sandbox.restriction(p["sandbox"])
-    path = _host_path(p["path"])
-    _enforce(restriction)
-    return _blocking(connection, remove, path, p["recursive"] is not False,
-                     p["force"] is not False, p["followSymlinks"] is not False)
+    return _at_path(connection, p, remove, p["recursive"] is not False,
+                    p["force"] is not False, p["followSymlinks"] is not False)
 
 
 def handle_copy(connection: ServerConnection, p: dict) -> Deferred:
@@ -978,10 +971,7 @@ def handle_copy(connection: ServerConnection, p: dict) -> Deferred:
 
 
 def handle_canonicalize(connection: ServerConnection, p: dict) -> Deferred:
-    restriction = sandbox.restriction(p["sandbox"])
-    path = _host_path(p["path"])
-    _enforce(restriction)
-    return _blocking(connection, canonicalize, path)
+    return _at_path(connection, p, canonicalize)
 
 
 def handle_walk(connection: ServerConnection, p: dict) -> Deferred:

@@ -137,6 +137,19 @@ def _end(reader: "_OutputReader") -> None:
     reader.connectionLost(Failure(main.CONNECTION_DONE))
 
 
+def _write_some(fd: int, data: bytes):
+    """
+    FileDescriptor.writeSomeData for a non-blocking descriptor: the bytes
+    written, or the error that ends the writer.
+    """
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError as e:
+        return e
+
+
 class _InputWriter(abstract.FileDescriptor):
     """
     Writes to a child's stdin; bytes are queued and written in order.
@@ -151,14 +164,9 @@ class _InputWriter(abstract.FileDescriptor):
         return self.fd
 
     def writeSomeData(self, data: bytes):
-        try:
-            return os.write(self.fd, data)
-        except BlockingIOError:
-            return 0
-        except OSError as e:
-            # The child closed its stdin or died; the reference ignores
-            # errors writing to the pipe.
-            return e
+        # Errors (the child closed its stdin or died) end the writer; the
+        # reference ignores errors writing to the pipe.
+        return _write_some(self.fd, data)
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
@@ -173,12 +181,7 @@ class _PtyMaster(_OutputReader):
     """
 
     def writeSomeData(self, data: bytes):
-        try:
-            return os.write(self.fd, data)
-        except BlockingIOError:
-            return 0
-        except OSError as e:
-            return e
+        return _write_some(self.fd, data)
 
 
 class _ExitWatcher(abstract.FileDescriptor):
