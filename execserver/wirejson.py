@@ -179,6 +179,7 @@ _WHITESPACE_BYTES = b" \t\n\r"
 _STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*')
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = frozenset(b'"\\/bfnrt')
+_CLOSED = -1
 
 
 class _Diagnoser:
@@ -370,20 +371,28 @@ class _Diagnoser:
             self._error("invalid escape")
         return int(chunk, 16)
 
+    def _item_start(self, first: bool, close: int, what: str) -> int | None:
+        """
+        Move to the next element or member of a container: the byte it
+        starts with (None at the end of the input), or L{_CLOSED} once the
+        container's closing bracket has been consumed.
+        """
+        byte = self._skip_whitespace()
+        if byte == close:
+            self.index += 1
+            return _CLOSED
+        if byte == ord(",") and not first:
+            self.index += 1
+            return self._skip_whitespace()
+        if byte is None:
+            self._peek_error(f"EOF while parsing {what}")
+        if not first:
+            self._peek_error(f"expected `,` or `{chr(close)}`")
+        return byte
+
     def _sequence(self) -> None:
         first = True
-        while True:
-            byte = self._skip_whitespace()
-            if byte == ord("]"):
-                self.index += 1
-                return
-            if byte == ord(",") and not first:
-                self.index += 1
-                byte = self._skip_whitespace()
-            elif byte is None:
-                self._peek_error("EOF while parsing a list")
-            elif not first:
-                self._peek_error("expected `,` or `]`")
+        while (byte := self._item_start(first, ord("]"), "a list")) != _CLOSED:
             first = False
             if byte == ord("]"):
                 self._peek_error("trailing comma")
@@ -394,18 +403,7 @@ class _Diagnoser:
     def _object(self) -> None:
         first = True
         keys = set()
-        while True:
-            byte = self._skip_whitespace()
-            if byte == ord("}"):
-                self.index += 1
-                return
-            if byte == ord(",") and not first:
-                self.index += 1
-                byte = self._skip_whitespace()
-            elif byte is None:
-                self._peek_error("EOF while parsing an object")
-            elif not first:
-                self._peek_error("expected `,` or `}`")
+        while (byte := self._item_start(first, ord("}"), "an object")) != _CLOSED:
             first = False
             if byte == ord('"'):
                 self.index += 1
