@@ -119,10 +119,15 @@ class WebSocketListener(service.Service):
     def _listening(self, port):
         self._port = port
         url = ws_url(port.getHost())
+        log.info("exec-server listening on {url}", url=url)
+        # Printed once the reactor runs (and handles signals): a program that
+        # reads the URL may start using, and stopping, the server at once.
+        self.reactor.callWhenRunning(self._announce, url)
+        return port
+
+    def _announce(self, url: str) -> None:
         self.out.write(url + "\n")
         self.out.flush()
-        log.info("exec-server listening on {url}", url=url)
-        return port
 
     def stopService(self):
         super().stopService()
