@@ -225,3 +225,18 @@ async def oversized_input_spares_other_connections(peer):
 
 class LimitTests(InteropTestCase):
     test_oversized_input_spares_other_connections = interop(oversized_input_spares_other_connections)
+
+
+async def keepalive_ping(peer):
+    pinged = Deferred()
+    protocol = peer.queue.transport.protocol
+    protocol.onPing = lambda payload: pinged.called or pinged.callback(reactor.seconds())
+    connected = reactor.seconds()
+    arrived = await support.with_timeout(pinged, 45)
+    peer.record("a ping within 45 s, none in the first 25 s", arrived - connected >= 25)
+    await peer.handshake()
+
+
+class KeepaliveTests(InteropTestCase):
+    timeout = 120
+    test_the_server_pings_every_30_seconds = interop(keepalive_ping)
