@@ -255,9 +255,12 @@ class ServerConnection:
         except rpc.RpcError as e:
             self._reply_error(request, e)
             return None
+        except Exception:
+            self._internal_error(request, Failure())
+            return None
         if isinstance(result, Deferred):
             return self._track(result, request)
-        self.sendMessage(rpc.encode_response(request.id, result))
+        self._reply(request, result)
         return None
 
     def _track(self, pending: Deferred, request: rpc.Request) -> Deferred:
@@ -269,13 +272,28 @@ class ServerConnection:
                 if result.check(rpc.RpcError):
                     self._reply_error(request, result.value)
                 elif not result.check(CancelledError):
-                    log.failure("handler for {method} failed", result, method=request.method)
-                    self._reply_error(request, rpc.internal_error("internal error"))
+                    self._internal_error(request, result)
             else:
-                self.sendMessage(rpc.encode_response(request.id, result))
+                self._reply(request, result)
 
         pending.addBoth(done)
         return pending
+
+    def _reply(self, request: rpc.Request, result: Any) -> None:
+        try:
+            encoded = rpc.encode_response(request.id, result)
+        except Exception:
+            self._internal_error(request, Failure())
+            return
+        self.sendMessage(encoded)
+
+    def _internal_error(self, request: rpc.Request, failure: Failure) -> None:
+        """
+        A bug of ours: the peer gets an error; the connection and everyone
+        else carry on.
+        """
+        log.failure("handler for {method} failed", failure, method=request.method)
+        self._reply_error(request, rpc.internal_error("internal error"))
 
     def _reply_error(self, request: rpc.Request, error: rpc.RpcError) -> None:
         self.sendMessage(rpc.encode_error(request.id, error.code, error.message))

@@ -8,6 +8,9 @@ import uuid
 from twisted.internet import task
 from twisted.trial import unittest
 
+from execserver import params as P
+from execserver.server import Method
+
 from tests.support import attach, build_exec_server, handshake, send
 
 START_SLEEP = {
@@ -189,3 +192,19 @@ class ConcurrentLaneTests(ConnectionTestCase):
         send(self.connection, {"id": 2, "method": "initialize", "params": {"clientName": "t"}})
         send(self.connection, {"id": 3, "method": "environment/info"})
         self.assertEqual([m["id"] for m in self.transport.take()], [1, 2, 3])
+
+
+class BugTests(ConnectionTestCase):
+    def test_a_failing_handler_costs_only_its_request(self):
+        def broken(connection, params):
+            raise ZeroDivisionError()
+
+        self.server.methods = dict(self.server.methods, broken=Method("exec", P.AnyValue(), broken))
+        handshake(self.connection, self.transport)
+        send(self.connection, {"id": 1, "method": "broken"})
+        send(self.connection, {"id": 2, "method": "environment/status"})
+        self.assertEqual(self.transport.take(), [
+            {"error": {"code": -32603, "message": "internal error"}, "id": 1},
+            {"id": 2, "result": {"status": "ready"}},
+        ])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
