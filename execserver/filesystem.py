@@ -299,7 +299,7 @@ def _create_dir_all(path: bytes) -> None:
 # The operations
 
 
-def read_file(path: bytes, follow: bool) -> dict:
+def read_file(path: bytes, follow: bool) -> rpc.RawJson:
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     fd = os.open(path, flags) if follow else _open_no_follow(path, flags)
     try:
@@ -885,7 +885,7 @@ def open_file(path: bytes, mode: str) -> int:
     return fd
 
 
-def read_block(fd: int, offset: int, length: int) -> dict:
+def read_block(fd: int, offset: int, length: int) -> rpc.RawJson:
     if offset > MAX_FILE_OFFSET:
         raise OSError(errno.EINVAL, "Invalid argument")
     chunks = []
