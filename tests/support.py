@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -148,6 +149,24 @@ async def start_server(
         await proto.ended
         raise
     return RunningServer(kind, url, process, proto, home)
+
+
+async def serve(testcase, kind: str) -> RunningServer:
+    """
+    A server of C{kind} for C{testcase}, stopped when the test ends.
+    """
+    server = await start_server(kind)
+    testcase.addCleanup(lambda: defer.ensureDeferred(server.stop()))
+    return server
+
+
+def scratch_directory(testcase, prefix: str) -> str:
+    """
+    A directory for C{testcase}, removed when the test ends.
+    """
+    directory = tempfile.mkdtemp(prefix=prefix)
+    testcase.addCleanup(shutil.rmtree, directory, True)
+    return directory
 
 
 class Disconnected(Exception):

@@ -10,10 +10,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import struct
 import sys
-import tempfile
 import termios
 
 from twisted.internet import protocol, reactor
@@ -82,10 +80,8 @@ class CliTestCase(unittest.TestCase):
         return ensureDeferred(self._set_up())
 
     async def _set_up(self) -> None:
-        self.server = await support.start_server(self.kind)
-        self.addCleanup(lambda: ensureDeferred(self.server.stop()))
-        self.workdir = tempfile.mkdtemp(prefix="execserver-cli-")
-        self.addCleanup(shutil.rmtree, self.workdir, True)
+        self.server = await support.serve(self, self.kind)
+        self.workdir = support.scratch_directory(self, "execserver-cli-")
 
     def environment(self, url: bool = True) -> dict[str, str]:
         env = support.server_environment({"TERM": "xterm"})

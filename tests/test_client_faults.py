@@ -95,8 +95,7 @@ class FaultTestCase(unittest.TestCase):
         return ensureDeferred(self._set_up())
 
     async def _set_up(self) -> None:
-        self.server = await support.start_server(self.kind)
-        self.addCleanup(lambda: ensureDeferred(self.server.stop()))
+        self.server = await support.serve(self, self.kind)
 
     def proxy(self, plan) -> FaultProxy:
         address = urlsplit(self.server.url)

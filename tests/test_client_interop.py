@@ -13,8 +13,6 @@ import base64
 import hashlib
 import os
 import json
-import shutil
-import tempfile
 
 from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
@@ -119,10 +117,8 @@ class ClientScenarios:
         return ensureDeferred(self._set_up())
 
     async def _set_up(self) -> None:
-        self.server = await support.start_server(self.kind)
-        self.addCleanup(lambda: ensureDeferred(self.server.stop()))
-        self.workdir = tempfile.mkdtemp(prefix="execserver-client-")
-        self.addCleanup(shutil.rmtree, self.workdir, True)
+        self.server = await support.serve(self, self.kind)
+        self.workdir = support.scratch_directory(self, "execserver-client-")
         self.connector = GatedConnector(self.server.url)
         self.client = await self.connect(self.connector)
 
