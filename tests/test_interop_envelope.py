@@ -240,3 +240,15 @@ async def keepalive_ping(peer):
 class KeepaliveTests(InteropTestCase):
     timeout = 120
     test_the_server_pings_every_30_seconds = interop(keepalive_ping)
+
+
+async def duplicate_ids(peer):
+    await peer.handshake()
+    peer.send({"id": 7, "method": "environment/status"})
+    peer.send({"id": 7, "method": "no/such"})
+    await peer.next_message("first answer to id 7")
+    await peer.next_message("second answer to id 7")
+
+
+class DuplicateIdTests(InteropTestCase):
+    test_duplicate_ids_are_each_answered = interop(duplicate_ids)
