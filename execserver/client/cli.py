@@ -29,6 +29,7 @@ import stat as stat_module
 import sys
 from typing import Any
 
+import pybase64
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -439,9 +440,8 @@ async def _cat(reactor, client: ExecServerClient, arguments) -> int:
         except RemoteError as e:
             raise _remote(e) from None
         data = b"".join(pieces)
-        import base64
         _print_json({"path": uri, "size": len(data),
-                     "dataBase64": base64.b64encode(data).decode("ascii")})
+                     "dataBase64": pybase64.b64encode_as_string(data)})
         return 0
     stdout = OutputWriter(reactor, 1)
     try:
