@@ -7,15 +7,19 @@ L{IMessageTransport}. The JSON-RPC connection only ever sees these two
 interfaces, so it runs unchanged over any of them.
 """
 
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import Attribute, Interface
 
 
-class IMessageTransport(Interface):
+class IMessageTransport(IPushProducer):
     """
-    Sends whole messages to the peer.
+    Sends whole messages to the peer, and pushes back in both directions.
 
-    It is also an L{twisted.internet.interfaces.IConsumer}: a streaming
-    producer registered here is paused while the outgoing buffer is full.
+    Outgoing: a streaming producer registered here is paused while the
+    outgoing buffer is full. Incoming: the transport is itself a push
+    producer of the messages it delivers; pausing it stops reading from the
+    peer (for a relay stream, only that stream), so one slow message
+    protocol holds back only its own connection.
     """
 
     parseErrorPrefix = Attribute(

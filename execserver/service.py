@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from typing import Callable
 
 from twisted.application import service
 from twisted.internet import endpoints
@@ -21,7 +22,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from execserver import environment, filesystem, http, process_methods
+from execserver import environment
+from execserver.interfaces import IMessageProtocol
+from execserver.methods import all_methods
 from execserver.server import ExecServer
 from execserver.transports import stdio, websocket
 
@@ -29,13 +32,6 @@ log = Logger()
 
 #: Threads for blocking filesystem work.
 THREADS = 8
-
-
-def all_methods() -> dict:
-    methods = {}
-    for module in (process_methods, http, environment, filesystem):
-        methods.update(module.METHODS)
-    return methods
 
 
 class Options(usage.Options):
@@ -95,11 +91,12 @@ class WebSocketListener(service.Service):
     Listens for WebSocket connections and announces the bound URL.
     """
 
-    def __init__(self, reactor, interface: str, port: int, exec_server: ExecServer, out=None):
+    def __init__(self, reactor, interface: str, port: int,
+                 build_protocol: Callable[[], IMessageProtocol], out=None):
         self.reactor = reactor
         self.interface = interface
         self.port = port
-        self.exec_server = exec_server
+        self.build_protocol = build_protocol
         self.out = out if out is not None else sys.stdout
         self.listening: Deferred | None = None
         self._port = None
@@ -111,7 +108,7 @@ class WebSocketListener(service.Service):
         else:
             endpoint = endpoints.TCP4ServerEndpoint(self.reactor, self.port, interface=self.interface)
         failures = []
-        self.listening = endpoint.listen(websocket.site(self.exec_server))
+        self.listening = endpoint.listen(websocket.site(self.build_protocol))
         self.listening.addCallbacks(self._listening, failures.append)
         if failures:
             failures[0].raiseException()
@@ -140,9 +137,10 @@ class StdioListener(service.Service):
     Serves the one stdio connection; when stdin ends, the server stops.
     """
 
-    def __init__(self, reactor, exec_server: ExecServer, stdin: int = 0, stdout: int = 1):
+    def __init__(self, reactor, build_protocol: Callable[[], IMessageProtocol],
+                 stdin: int = 0, stdout: int = 1):
         self.reactor = reactor
-        self.exec_server = exec_server
+        self.build_protocol = build_protocol
         self.stdin = stdin
         self.stdout = stdout
 
@@ -150,16 +148,15 @@ class StdioListener(service.Service):
         from twisted.internet.stdio import StandardIO
 
         super().startService()
-        line_protocol = stdio.LineMessageProtocol(self.exec_server.buildConnection(), self._ended)
+        line_protocol = stdio.LineMessageProtocol(self.build_protocol(), self._ended)
         StandardIO(line_protocol, self.stdin, self.stdout, self.reactor)
         log.info("exec-server listening on stdio")
 
     def _ended(self) -> None:
-        def stop(_):
-            if self.reactor.running:
-                self.reactor.stop()
-
-        self.exec_server.shutdown().addBoth(stop)
+        # Stopping the reactor stops the services; the server core's
+        # shutdown kills every process before the reactor exits.
+        if self.reactor.running:
+            self.reactor.stop()
 
 
 def _private_stdout() -> int:
@@ -185,7 +182,9 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     top = service.MultiService()
     ExecServerService(exec_server).setServiceParent(top)
     if config["listen"] == "stdio":
-        StdioListener(reactor, exec_server, stdout=_private_stdout()).setServiceParent(top)
+        StdioListener(reactor, exec_server.buildConnection,
+                      stdout=_private_stdout()).setServiceParent(top)
     else:
-        WebSocketListener(reactor, config["interface"], config["port"], exec_server).setServiceParent(top)
+        WebSocketListener(reactor, config["interface"], config["port"],
+                          exec_server.buildConnection).setServiceParent(top)
     return top

@@ -259,6 +259,8 @@ class FakeMessageTransport:
         self.aborted = False
         self.closed = False
         self.producer = None
+        #: False while the connection has paused reading from this transport.
+        self.reading = True
         self._waiters: list[tuple[Callable[[Any], bool], Deferred]] = []
 
     def sendMessage(self, data: bytes | tuple[bytes, ...]) -> None:
@@ -315,6 +317,15 @@ class FakeMessageTransport:
     def unregisterProducer(self) -> None:
         self.producer = None
 
+    def pauseProducing(self) -> None:
+        self.reading = False
+
+    def resumeProducing(self) -> None:
+        self.reading = True
+
+    def stopProducing(self) -> None:
+        self.aborted = True
+
     def messages(self) -> list[Any]:
         return [json.loads(data) for data in self.sent]
 
@@ -331,7 +342,7 @@ def build_exec_server(testcase, clock=None, concurrency: int = 1):
     """
     from twisted.python.threadpool import ThreadPool
 
-    from execserver import environment, service
+    from execserver import environment, methods
     from execserver.server import ExecServer
 
     pool = ThreadPool(minthreads=0, maxthreads=2)
@@ -339,7 +350,7 @@ def build_exec_server(testcase, clock=None, concurrency: int = 1):
     testcase.addCleanup(pool.stop)
     exec_server = ExecServer(
         reactor,
-        service.all_methods(),
+        methods.all_methods(),
         environment.environment_info,
         concurrency=concurrency,
         threadpool=pool,

@@ -20,7 +20,7 @@ class BackPressureTests(unittest.TestCase):
 
     async def setUp(self):
         self.server = support.build_exec_server(self)
-        port = reactor.listenTCP(0, websocket.site(self.server), interface="127.0.0.1")
+        port = reactor.listenTCP(0, websocket.site(self.server.buildConnection), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.queue = await support.connect(f"ws://127.0.0.1:{port.getHost().port}")
         self.addCleanup(self.queue.close)

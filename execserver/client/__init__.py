@@ -7,7 +7,6 @@ See C{docs/client.md} for usage, the recovery rules and the gap rule.
 
 from execserver.client.connectors import (
     IConnector,
-    PausableMessageTransport,
     StdioConnector,
     WebSocketConnector,
 )
@@ -33,7 +32,7 @@ __all__ = [
     "BodyFailed", "ClientClosed", "ClientError", "ConnectFailed", "DirectoryEntry",
     "ExecServerClient", "FileHandle", "HandleLost", "HttpResponse", "IConnector",
     "IProcessReceiver", "Metadata", "OutcomeUnknown", "OutputCollector", "OutputLost",
-    "PausableMessageTransport", "ProcessHandle", "ProcessLost", "ProtocolViolation",
+    "ProcessHandle", "ProcessLost", "ProtocolViolation",
     "RECOVERY_SECONDS", "REPLAY_POLICY", "RecoveryFailed", "RemoteError", "StartNotApplied",
     "StdioConnector", "WebSocketConnector",
 ]

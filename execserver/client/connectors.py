@@ -8,26 +8,24 @@ Each connector also says whether a dropped connection can be resumed: a
 WebSocket server keeps a detached session for a while, a stdio server ends
 with its only connection.
 
-The transports handed to the message protocol also provide
-L{IPushProducer}: pausing it stops reading from the server, which is how a
-slow consumer of process output pushes back on the server.
+Pausing the message transport handed to the message protocol stops reading
+from the server, which is how a slow consumer of process output pushes back
+on the server.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from typing import Sequence
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from execserver.interfaces import IMessageProtocol, IMessageTransport
+from execserver.interfaces import IMessageProtocol
 from execserver.transports import stdio, websocket
 
 log = Logger()
@@ -56,71 +54,10 @@ class IConnector(Interface):
 
     def connect(message_protocol: IMessageProtocol) -> Deferred:
         """
-        Open a connection and attach C{message_protocol} to it (its
-        C{makeConnection} is called with a transport that also provides
-        L{IPushProducer}).
+        Open a connection and attach C{message_protocol} to it.
 
         @return: fires once the connection is open, or fails.
         """
-
-
-@implementer(IMessageTransport, IPushProducer)
-class PausableMessageTransport:
-    """
-    A message transport together with the producer that reads it.
-    """
-
-    def __init__(self, transport: IMessageTransport, reader: IPushProducer) -> None:
-        self._transport = transport
-        self._reader = reader
-        self.parseErrorPrefix = transport.parseErrorPrefix
-
-    def sendMessage(self, data: bytes | tuple[bytes, ...]) -> None:
-        self._transport.sendMessage(data)
-
-    def loseConnection(self) -> None:
-        self._transport.loseConnection()
-
-    def abortConnection(self) -> None:
-        self._transport.abortConnection()
-
-    def registerProducer(self, producer, streaming: bool) -> None:
-        self._transport.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self._transport.unregisterProducer()
-
-    def pauseProducing(self) -> None:
-        self._reader.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._reader.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self._reader.stopProducing()
-
-
-@implementer(IMessageProtocol)
-class _WebSocketAdapter:
-    """
-    Sits between the WebSocket and the client's message protocol: bounds the
-    socket's receive buffer and exposes the TCP reader for back-pressure.
-    """
-
-    def __init__(self, inner: IMessageProtocol) -> None:
-        self.inner = inner
-
-    def makeConnection(self, transport: websocket.MessageTransport) -> None:
-        tcp = transport.protocol.transport
-        handle = tcp.getHandle()
-        handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
-        self.inner.makeConnection(PausableMessageTransport(transport, tcp))
-
-    def messageReceived(self, data: bytes) -> None:
-        self.inner.messageReceived(data)
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.inner.connectionLost(reason)
 
 
 @implementer(IConnector)
@@ -137,7 +74,8 @@ class WebSocketConnector:
         self.description = url
 
     def connect(self, message_protocol: IMessageProtocol) -> Deferred:
-        return websocket.connect(self.reactor, self.url, _WebSocketAdapter(message_protocol))
+        return websocket.connect(self.reactor, self.url, message_protocol,
+                                 receive_buffer=RECEIVE_BUFFER_BYTES)
 
 
 def server_command() -> list[str]:
@@ -157,7 +95,7 @@ class _StdioServerProcess(protocol.ProcessProtocol):
     """
 
     def __init__(self, inner: IMessageProtocol) -> None:
-        self.lines = stdio.LineMessageProtocol(_StdioAdapter(inner, self))
+        self.lines = stdio.LineMessageProtocol(inner)
         self.stderr_tail = b""
         self.ended = Deferred()
 
@@ -201,21 +139,14 @@ class _ChildPipes:
     def unregisterProducer(self) -> None:
         self.process.unregisterProducer()
 
+    def pauseProducing(self) -> None:
+        self.process.pauseProducing()
 
-@implementer(IMessageProtocol)
-class _StdioAdapter:
-    def __init__(self, inner: IMessageProtocol, process: _StdioServerProcess) -> None:
-        self.inner = inner
-        self.process = process
+    def resumeProducing(self) -> None:
+        self.process.resumeProducing()
 
-    def makeConnection(self, transport: IMessageTransport) -> None:
-        self.inner.makeConnection(PausableMessageTransport(transport, self.process.transport))
-
-    def messageReceived(self, data: bytes) -> None:
-        self.inner.messageReceived(data)
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.inner.connectionLost(reason)
+    def stopProducing(self) -> None:
+        self.loseConnection()
 
 
 @implementer(IConnector)

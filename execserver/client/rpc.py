@@ -17,7 +17,6 @@ import json
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -151,7 +150,7 @@ class RpcConnection:
         self._set_reading(True)
 
     def _set_reading(self, reading: bool) -> None:
-        if self.connected and IPushProducer.providedBy(self.transport):
+        if self.connected:
             if reading:
                 self.transport.resumeProducing()
             else:

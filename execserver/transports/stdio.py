@@ -113,3 +113,14 @@ class LineMessageProtocol(protocol.Protocol):
 
     def unregisterProducer(self) -> None:
         self.transport.unregisterProducer()
+
+    # IPushProducer: the lines we deliver come from the byte transport.
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.transport.loseConnection()

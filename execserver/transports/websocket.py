@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import Callable
 from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
@@ -34,7 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from zope.interface import implementer
 
-from execserver.interfaces import IMessageTransport
+from execserver.interfaces import IMessageProtocol, IMessageTransport
 
 PING_INTERVAL_SECONDS = 30
 #: Kernel send buffer per connection (Linux doubles it).
@@ -88,6 +89,17 @@ class MessageTransport:
     def unregisterProducer(self) -> None:
         self.protocol.transport.unregisterProducer()
 
+    # IPushProducer: the messages we deliver come from the socket.
+
+    def pauseProducing(self) -> None:
+        self.protocol.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.protocol.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.abortConnection()
+
 
 def _text_frame_header(length: int) -> bytes:
     if length < 126:
@@ -108,7 +120,7 @@ class ExecServerWebSocketProtocol(WebSocketServerProtocol):
         # twisted.web's HTTP channel registered itself as the socket's
         # producer; the JSON-RPC connection takes its place.
         self.transport.unregisterProducer()
-        self.connection = self.factory.server.buildConnection()
+        self.connection = self.factory.build_protocol()
         self.connection.makeConnection(MessageTransport(self))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -201,14 +213,14 @@ class _Root(resource.Resource):
         return _NOT_FOUND
 
 
-def site(exec_server) -> server.Site:
+def site(build_protocol: Callable[[], IMessageProtocol]) -> server.Site:
     """
-    The HTTP site serving the WebSocket endpoint for an
-    L{execserver.server.ExecServer}.
+    The HTTP site serving the WebSocket endpoint: each WebSocket carries the
+    message protocol that C{build_protocol} returns.
     """
     factory = WebSocketServerFactory()
     factory.protocol = ExecServerWebSocketProtocol
-    factory.server = exec_server
+    factory.build_protocol = build_protocol
     factory.setProtocolOptions(
         autoPingInterval=PING_INTERVAL_SECONDS,
         autoPingTimeout=0,
@@ -236,6 +248,12 @@ class WebSocketConnectError(ConnectionError):
 class _ClientProtocol(WebSocketClientProtocol):
     message_protocol = None
 
+    def connectionMade(self) -> None:
+        if self.factory.receive_buffer is not None:
+            handle = self.transport.getHandle()
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.factory.receive_buffer)
+        super().connectionMade()
+
     def onOpen(self) -> None:
         self.message_protocol = self.factory.message_protocol
         transport = MessageTransport(self)
@@ -255,11 +273,14 @@ class _ClientProtocol(WebSocketClientProtocol):
             opened.errback(WebSocketConnectError(self.wasNotCleanReason or reason))
 
 
-def connect(reactor, url: str, message_protocol, headers: dict | None = None) -> Deferred:
+def connect(reactor, url: str, message_protocol: IMessageProtocol,
+            headers: dict | None = None, receive_buffer: int | None = None) -> Deferred:
     """
     Open a WebSocket to C{url} (C{ws://HOST:PORT/...}) and attach
     C{message_protocol} to it.
 
+    @param receive_buffer: the socket's kernel receive buffer, when the
+        default (which Linux grows to many megabytes) holds too much.
     @return: fires with the L{MessageTransport} once the WebSocket is open.
     """
     parts = urlsplit(url)
@@ -268,6 +289,7 @@ def connect(reactor, url: str, message_protocol, headers: dict | None = None) ->
     factory = WebSocketClientFactory(url, headers=headers or {})
     factory.protocol = _ClientProtocol
     factory.message_protocol = message_protocol
+    factory.receive_buffer = receive_buffer
     factory.opened = Deferred()
     # No autobahn timers: they run on a batched global timer that outlives
     # the connection. Callers that need deadlines set their own. Every

@@ -1,0 +1,16 @@
+"""
+The method table: every JSON-RPC method the server core answers, shared by
+all services (the local listener, stdio and remote relay streams).
+"""
+
+from __future__ import annotations
+
+from execserver import environment, filesystem, http, process_methods
+from execserver.server import Method
+
+
+def all_methods() -> dict[str, Method]:
+    methods: dict[str, Method] = {}
+    for module in (process_methods, http, environment, filesystem):
+        methods.update(module.METHODS)
+    return methods
