@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -132,15 +133,60 @@ class WebSocketListener(service.Service):
             return self._port.stopListening()
 
 
+class OrderlyStop(service.Service):
+    """
+    Stops the server once, whatever asks first and however many ask: a
+    SIGTERM or SIGINT, the end of stdin, or both at once. Twisted's own
+    signal handlers stop the reactor unconditionally, which fails loudly
+    when it is already stopping.
+    """
+
+    def __init__(self, reactor) -> None:
+        self.reactor = reactor
+        self.stopping = False
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._stopping)
+        self.reactor.callWhenRunning(self._guard_signals)
+
+    def _stopping(self) -> None:
+        self.stopping = True
+
+    def _guard_signals(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(signum)
+            # Only the handlers the reactor installed: an ignored SIGINT
+            # (nohup, a shell's &) stays ignored.
+            if getattr(handler, "__self__", None) is self.reactor:
+                signal.signal(signum, self._signal_handler(handler))
+
+    def _signal_handler(self, reactor_handler):
+        def handle(signum, frame):
+            if self.stopping:
+                log.info("received signal {signum} while stopping", signum=signum)
+                return
+            self.stopping = True
+            reactor_handler(signum, frame)
+
+        return handle
+
+    def stop(self) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.reactor.callFromThread(self.reactor.stop)
+
+
 class StdioListener(service.Service):
     """
     Serves the one stdio connection; when stdin ends, the server stops.
     """
 
     def __init__(self, reactor, build_protocol: Callable[[], IMessageProtocol],
-                 stdin: int = 0, stdout: int = 1):
+                 stop: Callable[[], None], stdin: int = 0, stdout: int = 1):
         self.reactor = reactor
         self.build_protocol = build_protocol
+        self.stop = stop
         self.stdin = stdin
         self.stdout = stdout
 
@@ -148,15 +194,11 @@ class StdioListener(service.Service):
         from twisted.internet.stdio import StandardIO
 
         super().startService()
-        line_protocol = stdio.LineMessageProtocol(self.build_protocol(), self._ended)
+        # The end of stdin stops the server; stopping the services kills
+        # every process before the reactor exits.
+        line_protocol = stdio.LineMessageProtocol(self.build_protocol(), self.stop)
         StandardIO(line_protocol, self.stdin, self.stdout, self.reactor)
         log.info("exec-server listening on stdio")
-
-    def _ended(self) -> None:
-        # Stopping the reactor stops the services; the server core's
-        # shutdown kills every process before the reactor exits.
-        if self.reactor.running:
-            self.reactor.stop()
 
 
 def _private_stdout() -> int:
@@ -180,9 +222,11 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         threadpool=ThreadPool(minthreads=0, maxthreads=THREADS, name="execserver-io"),
     )
     top = service.MultiService()
+    stopper = OrderlyStop(reactor)
+    stopper.setServiceParent(top)
     ExecServerService(exec_server).setServiceParent(top)
     if config["listen"] == "stdio":
-        StdioListener(reactor, exec_server.buildConnection,
+        StdioListener(reactor, exec_server.buildConnection, stopper.stop,
                       stdout=_private_stdout()).setServiceParent(top)
     else:
         WebSocketListener(reactor, config["interface"], config["port"],

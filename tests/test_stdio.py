@@ -7,7 +7,7 @@ import base64
 import json
 import sys
 
-from twisted.internet import error, protocol, reactor
+from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
@@ -169,3 +169,52 @@ class StdioInteropTests(unittest.TestCase):
                     del reply["result"]["environmentInfo"]
             results[kind] = normalized(responses)
         self.assertEqual(results["reference"], results["ours"])
+
+
+class StdioShutdownTests(unittest.TestCase):
+    timeout = 60
+
+    async def _stop_with(self, *causes: str) -> None:
+        """
+        Start a stdio server with children to kill, then stop it with each
+        of C{causes} ("TERM", "INT" or "eof") at once, in that order.
+        """
+        children = 20
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "execserver", "--listen", "stdio"]
+        server = _StdioServer()
+        errors = []
+        server.errReceived = errors.append
+        home = support.scratch_directory(self, "execserver-stdio-")
+        process = reactor.spawnProcess(server, argv[0], argv, env=support.server_environment(),
+                                       path=home)
+        process.write(b'{"id":0,"method":"initialize","params":{"clientName":"t"}}\n'
+                      b'{"method":"initialized"}\n')
+        for n in range(children):
+            process.write(json.dumps({"id": n + 1, "method": "process/start", "params": {
+                "processId": f"p{n}", "argv": ["sleep", "100"], "cwd": "file:///tmp",
+                "env": {"PATH": "/usr/bin:/bin"}, "tty": False}}).encode() + b"\n")
+        await server.until(children + 1)
+        for cause in causes:
+            if cause == "eof":
+                process.closeStdin()
+            else:
+                process.signalProcess(cause)
+        await support.with_timeout(server.ended)
+        log = b"".join(errors).decode()
+        self.assertIn("Server Shut Down", log)
+        self.assertNotIn("Traceback", log)
+        self.assertNotIn("critical", log)
+
+    def test_a_signal_then_the_end_of_stdin(self):
+        """
+        A harness that exits signals its server and closes its stdin: the
+        server stops once, quietly, while its children are being killed.
+        """
+        return defer.ensureDeferred(self._stop_with("TERM", "eof"))
+
+    def test_the_end_of_stdin_then_a_signal(self):
+        return defer.ensureDeferred(self._stop_with("eof", "TERM"))
+
+    def test_two_signals(self):
+        return defer.ensureDeferred(self._stop_with("INT", "TERM"))
