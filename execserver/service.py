@@ -18,11 +18,12 @@ from typing import Callable
 
 from twisted.application import service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
+import execserver
 from execserver import environment
 from execserver.interfaces import IMessageProtocol
 from execserver.methods import all_methods
@@ -43,6 +44,13 @@ class Options(usage.Options):
         ["concurrent-requests", None, 1,
          "Requests served concurrently per connection (1 = strictly in order).", int],
     ]
+
+    def opt_version(self) -> None:
+        """
+        Print the version and exit.
+        """
+        print(f"execserver {execserver.__version__}")
+        sys.exit(0)
 
     def postOptions(self) -> None:
         if self["listen"] == "stdio://":
@@ -87,41 +95,48 @@ def ws_url(address) -> str:
     return f"ws://{host}:{address.port}"
 
 
-class WebSocketListener(service.Service):
+class StartupError(Exception):
     """
-    Listens for WebSocket connections and announces the bound URL.
+    Why the server cannot start, reported as one line on stderr.
     """
 
-    def __init__(self, reactor, interface: str, port: int,
-                 build_protocol: Callable[[], IMessageProtocol], out=None):
+
+def listen_now(endpoint, factory, where: str):
+    """
+    Listen at once, while C{makeService} runs: twistd daemonizes after
+    that, so a failure is still reported on the terminal that started us.
+
+    @raise StartupError: the endpoint cannot listen (the port is taken...).
+    """
+    outcomes: list = []
+    endpoint.listen(factory).addBoth(outcomes.append)
+    (outcome,) = outcomes
+    if isinstance(outcome, Failure):
+        error = outcome.value
+        socket_error = getattr(error, "socketError", None)
+        reason = getattr(socket_error, "strerror", None) or str(socket_error or error)
+        raise StartupError(f"cannot listen on {where}: {reason}")
+    return outcome
+
+
+class WebSocketListener(service.Service):
+    """
+    Announces the URL of a listening WebSocket port, and closes the port
+    when stopped.
+    """
+
+    def __init__(self, reactor, port, out=None):
         self.reactor = reactor
-        self.interface = interface
         self.port = port
-        self.build_protocol = build_protocol
         self.out = out if out is not None else sys.stdout
-        self.listening: Deferred | None = None
-        self._port = None
 
     def startService(self) -> None:
         super().startService()
-        if ":" in self.interface:
-            endpoint = endpoints.TCP6ServerEndpoint(self.reactor, self.port, interface=self.interface)
-        else:
-            endpoint = endpoints.TCP4ServerEndpoint(self.reactor, self.port, interface=self.interface)
-        failures = []
-        self.listening = endpoint.listen(websocket.site(self.build_protocol))
-        self.listening.addCallbacks(self._listening, failures.append)
-        if failures:
-            failures[0].raiseException()
-
-    def _listening(self, port):
-        self._port = port
-        url = ws_url(port.getHost())
+        url = ws_url(self.port.getHost())
         log.info("exec-server listening on {url}", url=url)
         # Printed once the reactor runs (and handles signals): a program that
         # reads the URL may start using, and stopping, the server at once.
         self.reactor.callWhenRunning(self._announce, url)
-        return port
 
     def _announce(self, url: str) -> None:
         self.out.write(url + "\n")
@@ -129,8 +144,7 @@ class WebSocketListener(service.Service):
 
     def stopService(self):
         super().stopService()
-        if self._port is not None:
-            return self._port.stopListening()
+        return self.port.stopListening()
 
 
 class OrderlyStop(service.Service):
@@ -212,6 +226,14 @@ def _private_stdout() -> int:
 
 
 def makeService(config: Options, reactor=None) -> service.MultiService:
+    try:
+        return _build(config, reactor)
+    except StartupError as e:
+        sys.stderr.write(f"execserver: {e}\n")
+        sys.exit(1)
+
+
+def _build(config: Options, reactor) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     exec_server = ExecServer(
@@ -229,6 +251,13 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         StdioListener(reactor, exec_server.buildConnection, stopper.stop,
                       stdout=_private_stdout()).setServiceParent(top)
     else:
-        WebSocketListener(reactor, config["interface"], config["port"],
-                          exec_server.buildConnection).setServiceParent(top)
+        interface, port_number = config["interface"], config["port"]
+        if ":" in interface:
+            endpoint = endpoints.TCP6ServerEndpoint(reactor, port_number, interface=interface)
+            where = f"[{interface}]:{port_number}"
+        else:
+            endpoint = endpoints.TCP4ServerEndpoint(reactor, port_number, interface=interface)
+            where = f"{interface}:{port_number}"
+        port = listen_now(endpoint, websocket.site(exec_server.buildConnection), where)
+        WebSocketListener(reactor, port).setServiceParent(top)
     return top

@@ -7,6 +7,7 @@ import base64
 import os
 import re
 import signal
+import socket
 import sys
 import tempfile
 
@@ -15,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 from twisted.trial import unittest
 
+import execserver
 from execserver.service import Options
 from tests import support
 
@@ -46,9 +48,53 @@ class OptionsTests(unittest.SynchronousTestCase):
 class _Finished(protocol.ProcessProtocol):
     def __init__(self):
         self.ended = Deferred()
+        self.out = []
+        self.err = []
+
+    def outReceived(self, data):
+        self.out.append(data)
+
+    def errReceived(self, data):
+        self.err.append(data)
 
     def processEnded(self, reason):
         self.ended.callback(reason.value.exitCode)
+
+
+async def twistd(*args: str, cwd: str) -> _Finished:
+    """
+    Run twistd with C{args} to its end.
+    """
+    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *args]
+    finished = _Finished()
+    reactor.spawnProcess(finished, argv[0], argv, env=support.server_environment(), path=cwd)
+    finished.status = await support.with_timeout(finished.ended)
+    return finished
+
+
+class CommandLineTests(unittest.TestCase):
+    timeout = 60
+
+    async def test_version(self):
+        run = await twistd("execserver", "--version", cwd=tempfile.gettempdir())
+        self.assertEqual((run.status, b"".join(run.out)),
+                         (0, f"execserver {execserver.__version__}\n".encode()))
+
+    async def test_a_port_in_use_is_one_line_in_either_mode(self):
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        directory = support.scratch_directory(self, "execserver-service-")
+        expected = f"execserver: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+        for mode in (["-n", "--pidfile="],
+                     ["--pidfile", os.path.join(directory, "p.pid"),
+                      "--logfile", os.path.join(directory, "p.log")]):
+            run = await twistd(*mode, "execserver", "--port", str(port), cwd=directory)
+            self.assertEqual((run.status, b"".join(run.err).decode(), b"".join(run.out)),
+                             (1, expected, b""), mode)
+        self.assertEqual(os.listdir(directory), [])
 
 
 class DaemonTests(unittest.TestCase):
