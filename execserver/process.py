@@ -55,7 +55,9 @@ class OutputLog:
         self.exit_code: int | None = None
         self.closed = False
         self._seqs: list[int] = []
-        self._chunks: list[tuple[int, str, bytes]] = []
+        #: Chunks from index C{_start} on are retained; the slots before it
+        #: are evicted (None) until the lists are compacted.
+        self._chunks: list[tuple[int, str, bytes] | None] = []
         self._start = 0
         self._retained_bytes = 0
         #: While set, nothing is evicted (see the module docstring).
@@ -113,6 +115,9 @@ class OutputLog:
             or len(chunks) - self._start > MAX_RETAINED_CHUNKS
         ):
             self._retained_bytes -= len(chunks[self._start][2])
+            # Let go of the data now, not at the next compaction: the log
+            # holds no more output than its window.
+            chunks[self._start] = None
             self._start += 1
         if self._start > 1024 and self._start * 2 > len(chunks):
             del chunks[: self._start]

@@ -3,6 +3,8 @@ process/* against real child processes, through the connection core.
 """
 
 import base64
+import collections
+import gc
 import os
 import signal
 
@@ -253,6 +255,26 @@ class ReadTests(ProcessTestCase):
         self.assertEqual(reply["error"], {"code": -32600, "message": "unknown process id nope"})
 
 
+def _reachable_bytes(root) -> int:
+    """
+    The size of every bytes object that C{root} keeps alive through its
+    attributes and containers.
+    """
+    total = 0
+    seen = set()
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, bytes):
+            total += len(obj)
+        elif isinstance(obj, (dict, list, tuple, set, collections.deque)) or obj is root:
+            stack.extend(gc.get_referents(obj))
+    return total
+
+
 class OutputLogTests(unittest.SynchronousTestCase):
     def test_replay_window_is_bounded_by_bytes(self):
         log = OutputLog()
@@ -270,6 +292,19 @@ class OutputLogTests(unittest.SynchronousTestCase):
         chunks = log.chunks_after(0, None)
         self.assertEqual(len(chunks), MAX_RETAINED_CHUNKS)
         self.assertEqual(chunks[0][0], 11)
+
+    def test_memory_is_bounded_by_the_window(self):
+        """
+        Streaming hundreds of MiB through a process keeps no more output
+        alive than its replay window.
+        """
+        log = OutputLog()
+        chunk = 64 * 1024
+        for n in range(1, 6401):
+            log.record_output("stdout", b"x" * chunk)
+            if n % 100 == 0:
+                self.assertLessEqual(_reachable_bytes(log), MAX_RETAINED_BYTES, n)
+        self.assertEqual(_reachable_bytes(log), MAX_RETAINED_BYTES)
 
     def test_exit_and_close_take_sequence_numbers(self):
         log = OutputLog()
