@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 #: How long a detached session waits to be resumed.
 DETACHED_TTL_SECONDS = 80.0
 
+#: How long stopping the server waits for its killed children to be reaped.
+SHUTDOWN_REAP_SECONDS = 5.0
+
 log = Logger()
 
 
@@ -177,8 +180,29 @@ class SessionRegistry:
         """
         Kill every process of every session.
 
-        @return: fires once every child has been reaped.
+        @return: fires once every child has been reaped, or after
+            L{SHUTDOWN_REAP_SECONDS} at the latest: a child whose end is
+            never observed must not keep the server from stopping.
         """
         sessions, self.sessions = self.sessions, {}
+        processes = [p for session in sessions.values() for p in session.processes.values()]
         reaped = [d for session in sessions.values() for d in session.kill_all()]
-        return DeferredList(reaped)
+        done = Deferred()
+
+        def finished(_=None) -> None:
+            if deadline.active():
+                deadline.cancel()
+            if not done.called:
+                done.callback(None)
+
+        def give_up() -> None:
+            for process in processes:
+                if not process.child.reaped.called:
+                    log.warn("child {pid} was not seen to exit after being killed",
+                             pid=process.child.pid)
+                    process.child.abandon()
+            finished()
+
+        deadline = self.clock.callLater(SHUTDOWN_REAP_SECONDS, give_up)
+        DeferredList(reaped).addCallback(finished)
+        return done

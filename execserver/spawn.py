@@ -126,10 +126,23 @@ class _OutputReader(abstract.FileDescriptor):
         super().connectionLost(reason)
         self.child._readerLost(self)
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+
+
+def _close_later(reactor, fd: int, then=None) -> None:
+    """
+    Close a descriptor that was registered with the reactor once the current
+    poll batch is handled, then call C{then}. Closed at once, its number
+    could go to a new descriptor (a new child's pipe or pidfd, a new
+    connection) that would then receive the events this batch still holds
+    for the old one.
+    """
+
+    def close() -> None:
+        os.close(fd)
+        if then is not None:
+            then()
+
+    reactor.callLater(0, close)
 
 
 def _end(reader: "_OutputReader") -> None:
@@ -171,7 +184,7 @@ class _InputWriter(abstract.FileDescriptor):
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
         if self.fd >= 0:
-            os.close(self.fd)
+            _close_later(self.reactor, self.fd)
             self.fd = -1
 
 
@@ -187,6 +200,10 @@ class _PtyMaster(_OutputReader):
 class _ExitWatcher(abstract.FileDescriptor):
     """
     Becomes readable when the child exits.
+
+    The reactor may hand it an event that was meant for an earlier holder
+    of its descriptor number, or drop it over one; neither may lose the
+    exit, so the child's state is checked rather than the event believed.
     """
 
     def __init__(self, reactor, pidfd: int, child: "Child") -> None:
@@ -198,10 +215,32 @@ class _ExitWatcher(abstract.FileDescriptor):
     def fileno(self) -> int:
         return self.pidfd
 
+    def _child_exited(self) -> bool:
+        # WNOWAIT: only look; the child is reaped by its Popen.
+        return os.waitid(os.P_PIDFD, self.pidfd,
+                         os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
     def doRead(self):
+        if self.pidfd >= 0 and self._child_exited():
+            self._finish()
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        if self.pidfd < 0:
+            return
+        if self._child_exited():
+            self._finish()
+        else:
+            self.disconnected = 0
+            self.startReading()
+
+    def _finish(self) -> None:
         self.stopReading()
-        os.close(self.pidfd)
-        self.pidfd = -1
+        pidfd, self.pidfd = self.pidfd, -1
+        # Its own event is being handled: no other event for this number
+        # can be pending, so it may be closed at once.
+        os.close(pidfd)
         self.child._exited()
 
 
@@ -221,6 +260,7 @@ class Child:
         self.exit_code: int | None = None
         #: Fires with the exit code once the child has been reaped.
         self.reaped: Deferred = Deferred()
+        self._watcher: _ExitWatcher | None = None
         self._linger = None
 
     def start(self) -> None:
@@ -232,8 +272,8 @@ class Child:
         else:
             self._start_pipes()
         self.pid = self.popen.pid
-        watcher = _ExitWatcher(self.reactor, os.pidfd_open(self.pid), self)
-        watcher.startReading()
+        self._watcher = _ExitWatcher(self.reactor, os.pidfd_open(self.pid), self)
+        self._watcher.startReading()
         for reader in self.readers:
             reader.startReading()
 
@@ -328,6 +368,17 @@ class Child:
             reader.drain()
             _end(reader)
 
+    def abandon(self) -> None:
+        """
+        Stop waiting for a child whose exit was never observed: reap it if it
+        is a zombie, and stop watching it.
+        """
+        if self._watcher.pidfd >= 0:
+            self._watcher.stopReading()
+            pidfd, self._watcher.pidfd = self._watcher.pidfd, -1
+            os.close(pidfd)
+        self.popen.poll()
+
     def pauseProducing(self) -> None:
         for reader in self.readers:
             reader.stopReading()
@@ -338,15 +389,20 @@ class Child:
                 reader.startReading()
 
     def _readerLost(self, reader: _OutputReader) -> None:
-        if reader not in self.readers:
+        if reader not in self.readers or reader.fd < 0:
             return
-        self.readers.remove(reader)
         if isinstance(reader, _PtyMaster):
             self.stdin = None
             if self._linger is not None and self._linger.active():
                 self._linger.cancel()
             self._linger = None
-        reader.close()
+        fd, reader.fd = reader.fd, -1
+        # The stream ends once its descriptor is closed, so that whoever
+        # learns of the end (process/closed) finds nothing left open.
+        _close_later(self.reactor, fd, lambda: self._streamEnded(reader))
+
+    def _streamEnded(self, reader: _OutputReader) -> None:
+        self.readers.remove(reader)
         self.handler.childStreamEnded(reader.stream)
 
     def _exited(self) -> None:
@@ -358,7 +414,7 @@ class Child:
         for reader in list(self.readers):
             if reader.drain():
                 _end(reader)
-        if self.spec.tty and self.readers:
+        if self.spec.tty and any(reader.fd >= 0 for reader in self.readers):
             self._linger = self.reactor.callLater(PTY_LINGER_SECONDS, self._end_terminal)
         self.exit_code = exit_code_from_status(returncode)
         if self.stdin is not None and not self.spec.tty:

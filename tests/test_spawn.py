@@ -1,0 +1,125 @@
+"""
+Children on the reactor stay correct when the reactor misleads them: an
+event meant for an earlier holder of a descriptor number (the number was
+freed and taken again within one poll batch) must neither end a stream nor
+lose or invent an exit, and stopping the server must finish even when a
+child's exit is never observed.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import main, reactor, task
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from execserver.session import SHUTDOWN_REAP_SECONDS
+from execserver.spawn import Child, ChildSpec
+from tests import support
+
+
+class Recorder:
+    """
+    A ChildHandler that keeps what it is told.
+    """
+
+    def __init__(self) -> None:
+        self.output: list[tuple[str, bytes]] = []
+        self.ended: list[str] = []
+        self.exits: list[int] = []
+        self.exited = Deferred()
+        self.all_ended = Deferred()
+
+    def childOutput(self, stream: str, data: bytes) -> None:
+        self.output.append((stream, data))
+
+    def childStreamEnded(self, stream: str) -> None:
+        self.ended.append(stream)
+        if len(self.ended) == 2:
+            self.all_ended.callback(None)
+
+    def childExited(self, exit_code: int) -> None:
+        self.exits.append(exit_code)
+        self.exited.callback(exit_code)
+
+
+def start_child(testcase, argv: list[str]) -> tuple[Child, Recorder]:
+    """
+    A pipe child reading its stdin, killed at the end of the test.
+    """
+    handler = Recorder()
+    spec = ChildSpec(executable=argv[0], argv=argv, cwd="/", env={"PATH": "/usr/bin:/bin"},
+                     tty=False, pipe_stdin=True)
+    child = Child(reactor, spec, handler)
+    child.start()
+
+    def cleanup():
+        if not child.reaped.called:
+            child.kill()
+            return child.reaped
+        return None
+
+    testcase.addCleanup(cleanup)
+    return child, handler
+
+
+class StaleEventTests(unittest.TestCase):
+    async def test_a_stale_read_event_does_not_invent_an_exit(self):
+        child, handler = start_child(self, ["/bin/sh", "-c", "read x; exit 3"])
+        child._watcher.doRead()
+        self.assertEqual(handler.exits, [])
+        child.write(b"go\n")
+        self.assertEqual(await support.with_timeout(handler.exited), 3)
+
+    async def test_an_exit_watcher_dropped_by_the_reactor_still_sees_the_exit(self):
+        child, handler = start_child(self, ["/bin/sh", "-c", "read x; exit 4"])
+        # What the reactor does with a hang-up event for the descriptor's
+        # number: it forgets the descriptor and tells it the connection is lost.
+        reactor.removeReader(child._watcher)
+        child._watcher.connectionLost(Failure(main.CONNECTION_LOST))
+        child.write(b"go\n")
+        self.assertEqual(await support.with_timeout(handler.exited), 4)
+        self.assertEqual(await support.with_timeout(child.reaped), 4)
+
+    async def test_a_stream_ends_only_once_its_descriptor_is_closed(self):
+        child, handler = start_child(self, ["/bin/echo", "hi"])
+        descriptors = {reader.stream: reader.fd for reader in child.readers}
+        still_open = []
+
+        def stream_ended(stream: str) -> None:
+            try:
+                os.fstat(descriptors[stream])
+            except OSError:
+                pass
+            else:
+                still_open.append(stream)
+            Recorder.childStreamEnded(handler, stream)
+
+        handler.childStreamEnded = stream_ended
+        await support.with_timeout(handler.all_ended)
+        self.assertEqual((sorted(handler.ended), still_open, child.readers),
+                         (["stderr", "stdout"], [], []))
+        self.assertEqual(handler.output, [("stdout", b"hi\n")])
+
+
+class ShutdownTests(unittest.TestCase):
+    async def test_shutdown_finishes_when_an_exit_is_never_seen(self):
+        clock = task.Clock()
+        server = support.build_exec_server(self, clock)
+        connection, transport = support.attach(server)
+        support.handshake(connection, transport)
+        support.send(connection, {"id": 1, "method": "process/start",
+                                  "params": support.start_params("p", ["/bin/sleep", "100"])})
+        await transport.reply(1)
+        (session,) = server.registry.sessions.values()
+        child = session.processes["p"].child
+        # The watcher is lost without a word: nothing will report the exit.
+        reactor.removeReader(child._watcher)
+        stopped = server.shutdown()
+        await support.process_gone(child.pid)
+        self.assertFalse(stopped.called)
+        clock.advance(SHUTDOWN_REAP_SECONDS)
+        self.assertTrue(stopped.called)
+        self.assertEqual(child.popen.returncode, -9)
