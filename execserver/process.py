@@ -338,7 +338,7 @@ class ManagedProcess:
         """
         Forget the process (its session ended), killing it if it still runs.
 
-        @return: fires once the child has been reaped.
+        @return: fires once the child has been reaped and its streams have ended.
         """
         if self._eviction is not None and self._eviction.active():
             self._eviction.cancel()
@@ -347,4 +347,4 @@ class ManagedProcess:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(None)
-        return self.child.reaped
+        return self.child.finished

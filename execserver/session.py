@@ -103,7 +103,7 @@ class Session:
         """
         Kill every process group of the session.
 
-        @return: Deferreds that fire as each child is reaped.
+        @return: Deferreds that fire as each child is reaped and its streams end.
         """
         processes, self.processes = self.processes, {}
         if self._expiry is not None and self._expiry.active():
@@ -180,13 +180,14 @@ class SessionRegistry:
         """
         Kill every process of every session.
 
-        @return: fires once every child has been reaped, or after
-            L{SHUTDOWN_REAP_SECONDS} at the latest: a child whose end is
-            never observed must not keep the server from stopping.
+        @return: fires once every child has been reaped and its streams
+            have ended, or after L{SHUTDOWN_REAP_SECONDS} at the latest: a
+            child whose end is never observed must not keep the server from
+            stopping.
         """
         sessions, self.sessions = self.sessions, {}
         processes = [p for session in sessions.values() for p in session.processes.values()]
-        reaped = [d for session in sessions.values() for d in session.kill_all()]
+        finishing = [d for session in sessions.values() for d in session.kill_all()]
         done = Deferred()
 
         def finished(_=None) -> None:
@@ -197,12 +198,12 @@ class SessionRegistry:
 
         def give_up() -> None:
             for process in processes:
-                if not process.child.reaped.called:
+                if not process.child.finished.called:
                     log.warn("child {pid} was not seen to exit after being killed",
                              pid=process.child.pid)
                     process.child.abandon()
             finished()
 
         deadline = self.clock.callLater(SHUTDOWN_REAP_SECONDS, give_up)
-        DeferredList(reaped).addCallback(finished)
+        DeferredList(finishing).addCallback(finished)
         return done

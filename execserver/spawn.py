@@ -258,8 +258,9 @@ class Child:
         self.popen: subprocess.Popen | None = None
         self.pid = -1
         self.exit_code: int | None = None
-        #: Fires with the exit code once the child has been reaped.
-        self.reaped: Deferred = Deferred()
+        #: Fires with the exit code once the child has been reaped and every
+        #: stream of it has ended (its descriptor closed).
+        self.finished: Deferred = Deferred()
         self._watcher: _ExitWatcher | None = None
         self._linger = None
 
@@ -404,6 +405,11 @@ class Child:
     def _streamEnded(self, reader: _OutputReader) -> None:
         self.readers.remove(reader)
         self.handler.childStreamEnded(reader.stream)
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self.exit_code is not None and not self.readers and not self.finished.called:
+            self.finished.callback(self.exit_code)
 
     def _exited(self) -> None:
         returncode = self.popen.poll()
@@ -420,7 +426,7 @@ class Child:
         if self.stdin is not None and not self.spec.tty:
             self.stdin.loseConnection()
         self.handler.childExited(self.exit_code)
-        self.reaped.callback(self.exit_code)
+        self._maybe_finish()
 
     def _end_terminal(self) -> None:
         self._linger = None

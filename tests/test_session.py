@@ -62,7 +62,7 @@ class ResumeTests(SessionTestCase):
         self.connection.connectionLost(None)
         self.clock.advance(DETACHED_TTL_SECONDS)
         self.assertNotIn(self.session_id, self.server.registry.sessions)
-        await child.reaped
+        await child.finished
         await process_gone(grandchild)
         connection, transport = self.resume()
         self.assertEqual(transport.take(), [{

@@ -56,9 +56,9 @@ def start_child(testcase, argv: list[str]) -> tuple[Child, Recorder]:
     child.start()
 
     def cleanup():
-        if not child.reaped.called:
+        if not child.finished.called:
             child.kill()
-            return child.reaped
+            return child.finished
         return None
 
     testcase.addCleanup(cleanup)
@@ -81,7 +81,7 @@ class StaleEventTests(unittest.TestCase):
         child._watcher.connectionLost(Failure(main.CONNECTION_LOST))
         child.write(b"go\n")
         self.assertEqual(await support.with_timeout(handler.exited), 4)
-        self.assertEqual(await support.with_timeout(child.reaped), 4)
+        self.assertEqual(await support.with_timeout(child.finished), 4)
 
     async def test_a_stream_ends_only_once_its_descriptor_is_closed(self):
         child, handler = start_child(self, ["/bin/echo", "hi"])
