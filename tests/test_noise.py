@@ -14,9 +14,11 @@ import pybase64
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from execserver.noise import handshake, keys, limits
+from execserver.noise.records import RecordDecoder, RecordEncoder
 from execserver.noise.errors import DecryptFailed, HandshakeFailed, InvalidPublicKey, NoiseError
 from execserver.noise.handshake import Initiator, Responder, prologue
 from execserver.noise.keys import NoiseIdentity, NoisePublicKey
@@ -309,6 +311,55 @@ class PublicKeyJsonTests(unittest.SynchronousTestCase):
             self.assertNotIn(self.good()["x25519_public_key"][:16], text)
             self.assertNotIn("harness-auth-xyz", text)
         self.assertIn("<redacted>", repr(public))
+
+
+class LoggingTests(unittest.SynchronousTestCase):
+    """Nothing the handshake and record layers log holds a secret or traffic."""
+
+    def setUp(self):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_no_keys_authorizations_plaintext_or_ciphertext(self):
+        executor, harness = NoiseIdentity.generate(), NoiseIdentity.generate()
+        authorization = b"authorization-4f1c9e2b7d"
+        plaintext = b'{"id":1,"method":"initialize","params":{"clientName":"secret-9a8b7c"}}'
+        secrets = [authorization, plaintext]
+        for identity in (executor, harness):
+            secrets += [identity.public_key.x25519, identity.public_key.mlkem768,
+                        identity.x25519.private_bytes_raw(), identity.mlkem768.private_bytes_raw()]
+
+        initiator = Initiator(harness, executor.public_key, PROLOGUE)
+        message1 = initiator.write_message1(authorization)
+        responder = Responder(executor, PROLOGUE)
+        responder.read_message1(message1)
+        message2, executor_ciphers = responder.write_message2()
+        harness_ciphers = initiator.read_message2(message2)
+        encoder, decoder = RecordEncoder(harness_ciphers.send), RecordDecoder(executor_ciphers.receive)
+        encoder.write(plaintext)
+        (_, record), = encoder.drain()
+        decoder.receive(record)
+        self.assertRaises(Exception, decoder.receive, record)
+        secrets += [message1, message2, record]
+        # failures: a stranger's message 1, a tampered message 2, a payload too large
+        self.assertRaises(HandshakeFailed, Responder(NoiseIdentity.generate(), PROLOGUE).read_message1,
+                          message1)
+        other = Initiator(harness, executor.public_key, PROLOGUE)
+        other.write_message1(authorization)
+        self.assertRaises(HandshakeFailed, other.read_message2, message2)
+        self.assertRaises(HandshakeFailed, Initiator(harness, executor.public_key, PROLOGUE)
+                          .write_message1, authorization * 4000)
+
+        outcomes = {(e.get("noise_side"), e.get("noise_outcome")) for e in self.events}
+        self.assertTrue({("harness", "ok"), ("executor", "ok"), ("harness", "error"),
+                         ("executor", "error")} <= outcomes, outcomes)
+        logged = "\n".join(formatEvent(e) + repr(e) for e in self.events)
+        for secret in secrets:
+            piece = secret[:24]
+            for form in (piece.hex(), pybase64.b64encode(secret).decode()[:24],
+                         repr(piece)[2:-1], piece.decode("latin-1")):
+                self.assertNotIn(form, logged)
 
 
 class AvailabilityTests(unittest.SynchronousTestCase):
