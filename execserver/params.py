@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import pybase64
 
+from execserver import wirejson
+
 U64_MAX = 2**64 - 1
 
 
@@ -63,7 +65,7 @@ def unexpected(value: Any) -> str:
         return "null"
     if value is True or value is False:
         return f"boolean `{'true' if value else 'false'}`"
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, wirejson.BigNumber)):
         return "number"
     if isinstance(value, str):
         return f"string {rust_debug_str(value)}"
@@ -130,7 +132,9 @@ class Int(Type):
         self.low, self.high = _INT_RANGES[kind]
 
     def decode(self, value: Any) -> int:
-        if value is True or value is False or not isinstance(value, (int, float)):
+        if value is True or value is False or not isinstance(
+            value, (int, float, wirejson.BigNumber)
+        ):
             raise invalid_type(value, self.expecting)
         if type(value) is not int or not self.low <= value <= self.high:
             raise DecodeError("invalid number")

@@ -98,16 +98,27 @@ class ErrorResponse:
 Message = Request | Notification | Response | ErrorResponse
 
 
-def parse(data: bytes | str) -> Message:
+class NeedsDiagnosis(MalformedMessage):
+    """
+    The message is malformed JSON, and finding the reference's text for it
+    may take a while: call L{parse} again with C{diagnose_now=True}.
+    """
+
+
+def parse(data: bytes | str, diagnose_now: bool = True) -> Message:
     """
     Parse and classify one message, checking in the reference's order:
     the first JSON value, that it is an object, its envelope, and only then
     whatever trails it.
 
+    @param diagnose_now: when false, JSON the fast parser refuses raises
+        L{NeedsDiagnosis} rather than being diagnosed here.
     @raise MalformedMessage: with the reference's detail text.
     """
     try:
-        document = wirejson.parse_document(data)
+        document = wirejson.parse_document(data, diagnose_now)
+    except wirejson.NeedsDiagnosis:
+        raise NeedsDiagnosis() from None
     except wirejson.JsonSyntaxError as e:
         raise MalformedMessage(str(e)) from None
     if not isinstance(document.value, dict):

@@ -31,6 +31,10 @@ from execserver.session import Session, SessionRegistry
 
 log = Logger()
 
+#: Malformed messages up to this size are diagnosed on the reactor thread;
+#: larger ones in the thread pool.
+INLINE_DIAGNOSIS_BYTES = 8 * 1024
+
 
 @dataclass(frozen=True)
 class Method:
@@ -212,13 +216,32 @@ class ServerConnection:
         Handle one message; a Deferred means "wait for it before the next".
         """
         try:
-            message = rpc.parse(data)
-        except rpc.MalformedMessage as e:
-            self.sendMessage(rpc.encode_error(
-                rpc.MALFORMED_ID,
-                rpc.INVALID_REQUEST,
-                f"{self.transport.parseErrorPrefix}: {e}",
-            ))
+            message = rpc.parse(data, diagnose_now=len(data) <= INLINE_DIAGNOSIS_BYTES)
+        except rpc.NeedsDiagnosis:
+            # Naming the first problem of a large malformed message the way
+            # the reference does takes a while: let the reactor serve the
+            # other connections meanwhile. This one waits for it.
+            pending = self.server.run_blocking(rpc.parse, data)
+            return pending.addCallbacks(self._dispatch, self._malformed)
+        except rpc.MalformedMessage:
+            self._malformed(Failure())
+            return None
+        return self._dispatch(message)
+
+    def _malformed(self, failure: Failure) -> None:
+        if not failure.check(rpc.MalformedMessage):
+            log.failure("parsing a message failed", failure)
+            if self.connected:
+                self.transport.abortConnection()
+            return
+        self.sendMessage(rpc.encode_error(
+            rpc.MALFORMED_ID,
+            rpc.INVALID_REQUEST,
+            f"{self.transport.parseErrorPrefix}: {failure.value}",
+        ))
+
+    def _dispatch(self, message: rpc.Message) -> Deferred | None:
+        if not self.connected:
             return None
         if isinstance(message, rpc.Request):
             return self._request(message)

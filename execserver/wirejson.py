@@ -10,13 +10,20 @@ position. Trailing characters are only reported after the envelope decoded.
 Valid input goes through the standard library's C parser. When that refuses
 the input, or the result breaks one of the rules above, L{_Diagnoser} walks
 the bytes the way serde_json does and names the first problem with the
-reference's wording and position.
+reference's wording and position. Its cost is bounded: long runs of digits,
+whitespace and string characters are skipped by regular expressions, and a
+container the C parser accepts is skipped whole, so only the path to the
+error is walked in Python (and at most L{MAX_VALUES} values on it).
+
+Integers longer than Python's integer-string limit become L{BigNumber}s
+rather than errors: the reference reads numbers of any length.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 #: serde_json refuses to nest arrays/objects this deep.
@@ -41,6 +48,33 @@ class _DuplicateKey(Exception):
     pass
 
 
+class BigNumber:
+    """
+    An integer too long to convert (Python refuses integer strings over
+    C{sys.get_int_max_str_digits()} digits, and converting one costs
+    quadratic time). No field takes one: wherever a number is expected it
+    is out of range.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"BigNumber({len(self.text)} digits)"
+
+
+#: Python's limit on the digits of an integer converted from a string.
+_INT_DIGITS_LIMIT = sys.get_int_max_str_digits()
+
+
+def _parse_int(text: str) -> int | BigNumber:
+    if len(text.lstrip("-")) > _INT_DIGITS_LIMIT:
+        return BigNumber(text)
+    return int(text)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(name)
 
@@ -53,6 +87,20 @@ def _pairs(pairs: list) -> dict:
 
 
 _decoder = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_pairs)
+#: For the rare text with an integer over the limit: the hook costs a call
+#: per integer, so it is only used once the plain decoder has refused.
+_big_number_decoder = json.JSONDecoder(
+    parse_constant=_reject_constant, object_pairs_hook=_pairs, parse_int=_parse_int,
+)
+
+
+def _raw_decode(text: str, start: int) -> tuple[Any, int]:
+    try:
+        return _decoder.raw_decode(text, start)
+    except ValueError as e:
+        if "integer string conversion" not in str(e):
+            raise
+    return _big_number_decoder.raw_decode(text, start)
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
@@ -80,10 +128,19 @@ class Document:
         return f"trailing characters at {position(data, index + 1)}"
 
 
-def parse_document(data: bytes | str) -> Document:
+class NeedsDiagnosis(JsonSyntaxError):
+    """
+    The fast parser refused the first value; L{diagnose} finds the
+    reference's text, which may take a while for a large message.
+    """
+
+
+def parse_document(data: bytes | str, diagnose_now: bool = True) -> Document:
     """
     Parse the first JSON value of a message.
 
+    @param diagnose_now: when false, a value the fast parser refuses raises
+        L{NeedsDiagnosis} instead of being diagnosed here.
     @raise JsonSyntaxError: with the reference's text.
     """
     if isinstance(data, bytes):
@@ -92,6 +149,8 @@ def parse_document(data: bytes | str) -> Document:
         except UnicodeDecodeError:
             # serde_json checks UTF-8 only inside strings: bytes that are not
             # UTF-8 either break the first value or trail it.
+            if not diagnose_now:
+                raise NeedsDiagnosis() from None
             detail = _Diagnoser(data).diagnose()
             if detail is not None:
                 raise JsonSyntaxError(detail) from None
@@ -100,20 +159,30 @@ def parse_document(data: bytes | str) -> Document:
         text = data
     start = len(text) - len(text.lstrip(_WHITESPACE))
     try:
-        value, end = _decoder.raw_decode(text, start)
+        value, end = _raw_decode(text, start)
     except (ValueError, RecursionError, _DuplicateKey):
-        raise JsonSyntaxError(_diagnose(text)) from None
+        if not diagnose_now:
+            raise NeedsDiagnosis() from None
+        raise JsonSyntaxError(diagnose(text)) from None
     # A number at the top level may have been cut short where serde_json
     # reads on ("01", "1.").
     if (
-        type(value) in (int, float)
+        type(value) in (int, float, BigNumber)
         or ("\\u" in text and _SURROGATE_ESCAPE.search(text))
         or _exceeds_limits(value)
     ):
-        detail = _Diagnoser(text.encode("utf-8", "surrogatepass")).diagnose()
+        if not diagnose_now:
+            raise NeedsDiagnosis()
+        detail = _Diagnoser(_as_bytes(text)).diagnose()
         if detail is not None:
             raise JsonSyntaxError(detail)
     return Document(value, text, end)
+
+
+def _as_bytes(data: bytes | str) -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8", "surrogatepass")
+    return data
 
 
 def loads(data: bytes | str) -> Any:
@@ -127,31 +196,44 @@ def loads(data: bytes | str) -> Any:
     return document.value
 
 
-def _diagnose(data: bytes | str) -> str:
-    if isinstance(data, str):
-        data = data.encode("utf-8", "surrogatepass")
+def diagnose(data: bytes | str) -> str:
+    """
+    The reference's text for the first problem of a message whose first
+    value the fast parser refused (see L{NeedsDiagnosis}).
+    """
     # Both parsers follow RFC 8259; a disagreement would be a bug here, and
     # the peer still deserves an error rather than silence.
-    return _Diagnoser(data).diagnose() or "invalid JSON"
+    return _Diagnoser(_as_bytes(data)).diagnose() or "invalid JSON"
 
 
 def _exceeds_limits(value: Any) -> bool:
-    if not isinstance(value, (list, dict)):
-        return False
+    return _count_values(value, 1, MAX_VALUES) is None
+
+
+def _count_values(value: Any, depth: int, budget: int) -> int | None:
+    """
+    How many values C{value} is (itself included), when it nests at most
+    to C{RECURSION_LIMIT - 1} from C{depth} and has at most C{budget}
+    values; None otherwise.
+    """
     count = 1
-    stack = [(value, 1)]
+    if not isinstance(value, (list, dict)):
+        return count
+    if depth >= RECURSION_LIMIT:
+        return None
+    stack = [(value, depth)]
     while stack:
-        container, depth = stack.pop()
+        container, level = stack.pop()
         children = container.values() if isinstance(container, dict) else container
         count += len(children)
-        if count > MAX_VALUES:
-            return True
+        if count > budget:
+            return None
         for child in children:
             if isinstance(child, (list, dict)):
-                if depth + 1 >= RECURSION_LIMIT:
-                    return True
-                stack.append((child, depth + 1))
-    return False
+                if level + 1 >= RECURSION_LIMIT:
+                    return None
+                stack.append((child, level + 1))
+    return count
 
 
 def dumps(value: Any) -> bytes:
@@ -175,7 +257,8 @@ class _Found(Exception):
     pass
 
 
-_WHITESPACE_BYTES = b" \t\n\r"
+_WHITESPACE_RUN = re.compile(rb"[ \t\n\r]*")
+_DIGIT_RUN = re.compile(rb"[0-9]*")
 _STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*')
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = frozenset(b'"\\/bfnrt')
@@ -197,6 +280,13 @@ class _Diagnoser:
         self.index = 0
         self.depth = RECURSION_LIMIT
         self.values = 0
+        #: The same text, when its byte and character indexes agree: then
+        #: the C parser can vouch for whole containers.
+        self.text = data.decode("ascii") if data.isascii() else None
+        #: Bytes the C parser may still read in vain (containers it
+        #: refuses): with this bound, the whole diagnosis costs a few
+        #: passes of C over the message, plus the walk to the error.
+        self.skip_budget = 2 * len(data)
 
     def diagnose(self) -> str | None:
         try:
@@ -224,9 +314,32 @@ class _Diagnoser:
 
     def _skip_whitespace(self) -> int | None:
         data = self.data
-        while self.index < len(data) and data[self.index] in _WHITESPACE_BYTES:
-            self.index += 1
+        if self.index < len(data) and data[self.index] in b" \t\n\r":
+            self.index = _WHITESPACE_RUN.match(data, self.index).end()
         return self._peek()
+
+    def _skip_valid_container(self) -> bool:
+        """
+        Step over the nested container starting here if the C parser accepts
+        it and it keeps within the limits: serde_json would find nothing in
+        it. (The outermost one is what the C parser refused to begin with.)
+        """
+        if self.text is None or self.depth == RECURSION_LIMIT or self.skip_budget <= 0:
+            return False
+        try:
+            value, end = _raw_decode(self.text, self.index)
+        except (ValueError, RecursionError, _DuplicateKey) as e:
+            # Charge what it read (up to where it stopped, when it says).
+            self.skip_budget -= getattr(e, "pos", len(self.data)) - self.index
+            return False
+        if "\\u" in self.text[self.index:end] and _SURROGATE_ESCAPE.search(self.text, self.index, end):
+            return False
+        count = _count_values(value, RECURSION_LIMIT - self.depth + 1, MAX_VALUES - self.values + 1)
+        if count is None:
+            return False
+        self.values += count - 1
+        self.index = end
+        return True
 
     def _value(self) -> None:
         byte = self._skip_whitespace()
@@ -249,6 +362,8 @@ class _Diagnoser:
         elif byte == ord('"'):
             self.index += 1
             self._string()
+        elif byte in (ord("["), ord("{")) and self._skip_valid_container():
+            pass
         elif byte == ord("["):
             self._enter()
             self._sequence()
@@ -276,9 +391,7 @@ class _Diagnoser:
 
     def _digits(self) -> int:
         start = self.index
-        data = self.data
-        while self.index < len(data) and 0x30 <= data[self.index] <= 0x39:
-            self.index += 1
+        self.index = _DIGIT_RUN.match(self.data, start).end()
         return self.index - start
 
     def _number(self) -> None:

@@ -252,3 +252,26 @@ async def duplicate_ids(peer):
 
 class DuplicateIdTests(InteropTestCase):
     test_duplicate_ids_are_each_answered = interop(duplicate_ids)
+
+
+BIG = "9" * 5000
+
+
+async def big_integers(peer):
+    """
+    Integers of any length are numbers (Python refuses to convert more than
+    4300 digits; the reference reads them all).
+    """
+    peer.send_raw('{"id":3,"method":"no/such","params":{"big":' + BIG + "}}")
+    await peer.next_message("an unknown method with a big number in its params")
+    peer.send_raw('{"id":' + BIG + ',"method":"environment/status"}')
+    await peer.next_message("a big number as the id")
+    peer.send_raw('{"id":4,"method":"process/read","params":{"processId":"p","afterSeq":-' + BIG + "}}")
+    await peer.next_message("a big number where an integer is expected")
+    peer.send_raw("[" + BIG + ",x]")
+    await peer.next_message("an error after a big number")
+    await peer.call("environment/status", label="still served")
+
+
+class BigNumberTests(InteropTestCase):
+    test_integers_of_any_length = interop(big_integers)

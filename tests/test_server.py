@@ -142,6 +142,37 @@ class MessageTests(ConnectionTestCase):
         self.assertTrue(self.transport.aborted)
 
 
+class LargeMalformedMessageTests(ConnectionTestCase):
+    """
+    Naming the first problem of a large malformed message takes a while;
+    other connections are served meanwhile, and its own waits for it.
+    """
+
+    #: Valid up to the limit of values, so diagnosing it walks them all.
+    MESSAGE = b"[" + b"1," * 262144 + b"x]"
+
+    async def test_other_connections_are_served_while_it_is_diagnosed(self):
+        other, other_transport = attach(self.server)
+        self.connection.messageReceived(self.MESSAGE)
+        send(other, {"id": 1, "method": "environment/status"})
+        self.assertEqual(other_transport.take(), [{"id": 1, "error": {
+            "code": -32600,
+            "message": "client must call initialize before using environment status methods",
+        }}])
+        self.assertEqual(self.transport.sent, [])
+        reply = await self.transport.reply(-1)
+        self.assertEqual(reply["error"]["message"],
+                         "failed to parse JSON-RPC message from test: JSON-RPC message exceeds "
+                         "the limit of 262144 JSON values at line 1 column 524287")
+
+    async def test_its_connection_answers_in_order(self):
+        self.connection.messageReceived(self.MESSAGE)
+        send(self.connection, {"id": 2, "method": "environment/status"})
+        self.assertEqual(self.transport.sent, [])
+        await self.transport.reply(2)
+        self.assertEqual([m["id"] for m in self.transport.messages()], [-1, 2])
+
+
 class SerialOrderTests(ConnectionTestCase):
     def test_a_long_poll_holds_back_later_requests(self):
         handshake(self.connection, self.transport)

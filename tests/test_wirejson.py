@@ -77,6 +77,29 @@ class LimitTests(unittest.SynchronousTestCase):
             "invalid unicode code point at line 1 column 33",
         )
 
+    def test_limits_hold_inside_containers_the_fast_parser_accepts(self):
+        # Each inner container is valid JSON on its own; the limit is only
+        # broken by where it sits.
+        self.assertEqual(
+            detail(self.message("[1,[" + ",".join(["0"] * 262141) + "],x]")),
+            "JSON-RPC message exceeds the limit of 262144 JSON values at line 1 column 524310",
+        )
+        self.assertEqual(
+            detail(self.message("[1," + "[" * 126 + "]" * 126 + ",x]")),
+            "recursion limit exceeded at line 1 column 159",
+        )
+        self.assertEqual(
+            detail(self.message('[1,{"a":"\\udc00"},x]')),
+            "lone leading surrogate in hex escape at line 1 column 45",
+        )
+
+    def test_integers_of_any_length_are_numbers(self):
+        digits = "9" * 5000
+        message = rpc.parse('{"id":3,"method":"x","params":{"big":' + digits + "}}")
+        self.assertEqual((message.id, message.params["big"].text), (3, digits))
+        self.assertEqual(detail(self.message("[-" + digits + ",x]")),
+                         "expected value at line 1 column 5034")
+
     def test_a_large_message_parses_quickly_enough_to_matter(self):
         data = "A" * (16 << 20)
         message = rpc.parse(self.message(json.dumps({"dataBase64": data})))
@@ -106,6 +129,24 @@ class FuzzTests(unittest.SynchronousTestCase):
             self.assertTrue(str(e))
         else:
             self.assertIsInstance(message, (rpc.Request, rpc.Notification, rpc.Response, rpc.ErrorResponse))
+
+    @settings(max_examples=1000, deadline=None)
+    @given(st.data())
+    def test_skipping_valid_containers_changes_no_diagnosis(self, data):
+        """
+        The diagnoser steps over containers the C parser accepts; walking
+        them byte by byte must find the same first problem.
+        """
+        text = ('{"id":7,"method":"m","params":[[1,2,{"a":[3,{"b":"\\u00e9"}]}],'
+                '{"c":{"d":[true,null,-0.5e3]}},[[],[{}]],"z"]}')
+        position = data.draw(st.integers(0, len(text)))
+        insert = data.draw(st.sampled_from(['"', "{", "}", "[", "]", ",", ":", "\\", "x", "1", "-",
+                                            '"a":1,', "\\udc00", "\x01", "0"]))
+        cut = data.draw(st.integers(0, 3))
+        mutated = (text[:position] + insert + text[position + cut:]).encode()
+        walked = wirejson._Diagnoser(mutated)
+        walked.text = None
+        self.assertEqual(wirejson._Diagnoser(mutated).diagnose(), walked.diagnose())
 
     @settings(max_examples=1000, deadline=None)
     @given(st.data())
