@@ -35,6 +35,13 @@ log = Logger()
 #: larger ones in the thread pool.
 INLINE_DIAGNOSIS_BYTES = 8 * 1024
 
+#: What one connection may have waiting to be served (queued behind a
+#: request in serial mode, or in flight) before we stop reading from it; we
+#: read again once it is down to half. The reference stops reading a
+#: connection after a few MiB too.
+MAX_BACKLOG_BYTES = 4 * 1024 * 1024
+MAX_BACKLOG_MESSAGES = 1024
+
 
 @dataclass(frozen=True)
 class Method:
@@ -116,7 +123,10 @@ class ServerConnection:
         self._closers: list[Callable[[], None]] = []
         self._producers: set = set()
         self.paused = False
+        #: Whether we asked the transport to stop delivering messages.
+        self._reading_paused = False
         self._queue: collections.deque[bytes] = collections.deque()
+        self._queued_bytes = 0
         self._busy = False
         self._in_flight: set[Deferred] = set()
         self._lanes: dict[bool, DeferredSemaphore] = {}
@@ -135,13 +145,16 @@ class ServerConnection:
 
     def messageReceived(self, data: bytes) -> None:
         self._queue.append(data)
+        self._queued_bytes += len(data)
         self._drain()
+        self._update_reading()
 
     def connectionLost(self, reason: Failure) -> None:
         if not self.connected:
             return
         self.connected = False
         self._queue.clear()
+        self._queued_bytes = 0
         for pending in list(self._in_flight):
             pending.cancel()
         closers, self._closers = self._closers, []
@@ -186,6 +199,8 @@ class ServerConnection:
             self.session.pauseProducing()
         for producer in list(self._producers):
             producer.pauseProducing()
+        # A peer that does not read our answers gets no more requests served.
+        self._update_reading()
 
     def resumeProducing(self) -> None:
         self.paused = False
@@ -193,6 +208,7 @@ class ServerConnection:
             self.session.resumeProducing()
         for producer in list(self._producers):
             producer.resumeProducing()
+        self._update_reading()
 
     def stopProducing(self) -> None:
         pass
@@ -202,6 +218,7 @@ class ServerConnection:
     def _drain(self) -> None:
         while self._queue and not self._busy and self.connected:
             data = self._queue.popleft()
+            self._queued_bytes -= len(data)
             pending = self._handle(data)
             if pending is not None:
                 self._busy = True
@@ -210,6 +227,28 @@ class ServerConnection:
     def _unblock(self, _: Any) -> None:
         self._busy = False
         self._drain()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """
+        Stop reading from the peer while its answers back up or too much of
+        what it sent waits to be served; read again once both are over.
+        """
+        if not self.connected:
+            return
+        waiting = len(self._queue) + len(self._in_flight)
+        if self._reading_paused:
+            backlog = (self._queued_bytes > MAX_BACKLOG_BYTES // 2
+                       or waiting > MAX_BACKLOG_MESSAGES // 2)
+        else:
+            backlog = self._queued_bytes > MAX_BACKLOG_BYTES or waiting > MAX_BACKLOG_MESSAGES
+        pause = backlog or self.paused
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
 
     def _handle(self, data: bytes) -> Deferred | None:
         """
@@ -298,6 +337,7 @@ class ServerConnection:
                     self._internal_error(request, result)
             else:
                 self._reply(request, result)
+            self._update_reading()
 
         pending.addBoth(done)
         return pending

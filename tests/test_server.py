@@ -9,7 +9,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from execserver import params as P
-from execserver.server import Method
+from execserver.server import MAX_BACKLOG_MESSAGES, Method
 
 from tests.support import attach, build_exec_server, handshake, send
 
@@ -171,6 +171,50 @@ class LargeMalformedMessageTests(ConnectionTestCase):
         self.assertEqual(self.transport.sent, [])
         await self.transport.reply(2)
         self.assertEqual([m["id"] for m in self.transport.messages()], [-1, 2])
+
+
+class BacklogTests(ConnectionTestCase):
+    """
+    What a peer sends faster than it is served, or while it does not read
+    the answers, is bounded: we stop reading from it.
+    """
+
+    def long_poll(self, id: int) -> None:
+        send(self.connection, {"id": 2, "method": "process/start", "params": START_SLEEP})
+        send(self.connection, {"id": id, "method": "process/read", "params": {
+            "processId": "sleeper", "afterSeq": 0, "waitMs": 60_000}})
+
+    def test_requests_queued_behind_a_long_poll_stop_the_reading(self):
+        handshake(self.connection, self.transport)
+        self.long_poll(3)
+        # The long poll is in flight; this many more may wait.
+        for n in range(MAX_BACKLOG_MESSAGES - 1):
+            send(self.connection, {"id": 100 + n, "method": "environment/status"})
+        self.assertTrue(self.transport.reading)
+        send(self.connection, {"id": 99, "method": "environment/status"})
+        self.assertFalse(self.transport.reading)
+        self.clock.advance(60)
+        self.assertTrue(self.transport.reading)
+        self.assertEqual(len(self.transport.take()), 2 + MAX_BACKLOG_MESSAGES)
+
+    def test_queued_bytes_stop_the_reading(self):
+        handshake(self.connection, self.transport)
+        self.long_poll(3)
+        padding = "x" * (1024 * 1024)
+        for n in range(3):
+            send(self.connection, {"id": 100 + n, "method": "environment/status", "params": padding})
+        self.assertTrue(self.transport.reading)
+        send(self.connection, {"id": 99, "method": "environment/status", "params": padding})
+        self.assertFalse(self.transport.reading)
+        self.clock.advance(60)
+        self.assertTrue(self.transport.reading)
+
+    def test_a_peer_that_does_not_read_its_answers_is_not_read(self):
+        handshake(self.connection, self.transport)
+        self.connection.pauseProducing()
+        self.assertFalse(self.transport.reading)
+        self.connection.resumeProducing()
+        self.assertTrue(self.transport.reading)
 
 
 class SerialOrderTests(ConnectionTestCase):
