@@ -42,6 +42,10 @@ INLINE_DIAGNOSIS_BYTES = 8 * 1024
 MAX_BACKLOG_BYTES = 4 * 1024 * 1024
 MAX_BACKLOG_MESSAGES = 1024
 
+#: A connection that has not sent initialize by then is closed: otherwise
+#: idle sockets would be kept forever.
+HANDSHAKE_TIMEOUT_SECONDS = 60.0
+
 
 @dataclass(frozen=True)
 class Method:
@@ -77,6 +81,7 @@ class ExecServer:
         concurrency: int = 1,
         threadpool: ThreadPool | None = None,
         clock=None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
     ) -> None:
         self.reactor = reactor
         #: Timers; the reactor unless a test injects a clock.
@@ -84,6 +89,8 @@ class ExecServer:
         self.methods = methods
         self.environment_info = environment_info
         self.concurrency = concurrency
+        #: How long a connection may take to send initialize; 0: forever.
+        self.handshake_timeout = handshake_timeout
         self.registry = SessionRegistry(reactor, self.clock)
         self.threadpool = threadpool
 
@@ -130,6 +137,7 @@ class ServerConnection:
         self._busy = False
         self._in_flight: set[Deferred] = set()
         self._lanes: dict[bool, DeferredSemaphore] = {}
+        self._handshake_timer = None
         if server.concurrency > 1:
             self._lanes = {
                 True: DeferredSemaphore(server.concurrency),
@@ -142,6 +150,21 @@ class ServerConnection:
         self.transport = transport
         self.connected = True
         transport.registerProducer(self, True)
+        if self.server.handshake_timeout > 0:
+            self._handshake_timer = self.server.clock.callLater(
+                self.server.handshake_timeout, self._handshake_timed_out)
+            self.onClose(self._cancel_handshake_timer)
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        log.info("no initialize within {seconds} s; closing the connection",
+                 seconds=self.server.handshake_timeout)
+        self.transport.loseConnection()
+
+    def _cancel_handshake_timer(self) -> None:
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
 
     def messageReceived(self, data: bytes) -> None:
         self._queue.append(data)
@@ -374,6 +397,7 @@ class ServerConnection:
             raise rpc.invalid_request(f"client must send initialized before using {family} methods")
 
     def _initialize(self, params: Any) -> dict:
+        self._cancel_handshake_timer()
         if self.initialize_requested:
             raise rpc.invalid_request("initialize may only be sent once per connection")
         decoded = _decode(InitializeParams, params)

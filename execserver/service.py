@@ -27,7 +27,7 @@ import execserver
 from execserver import environment
 from execserver.interfaces import IMessageProtocol
 from execserver.methods import all_methods
-from execserver.server import ExecServer
+from execserver.server import HANDSHAKE_TIMEOUT_SECONDS, ExecServer
 from execserver.transports import stdio, websocket
 
 log = Logger()
@@ -43,6 +43,9 @@ class Options(usage.Options):
         ["listen", None, "ws", "Transport: 'ws' (WebSocket) or 'stdio'."],
         ["concurrent-requests", None, 1,
          "Requests served concurrently per connection (1 = strictly in order).", int],
+        ["handshake-timeout", None, HANDSHAKE_TIMEOUT_SECONDS,
+         "Close a connection that has not sent initialize after this many "
+         "seconds (0 = never).", float],
     ]
 
     def opt_version(self) -> None:
@@ -69,6 +72,8 @@ class Options(usage.Options):
             raise usage.UsageError("--port must be between 0 and 65535")
         if self["concurrent-requests"] < 1:
             raise usage.UsageError("--concurrent-requests must be at least 1")
+        if self["handshake-timeout"] < 0:
+            raise usage.UsageError("--handshake-timeout must not be negative")
 
 
 class ExecServerService(service.Service):
@@ -242,6 +247,7 @@ def _build(config: Options, reactor) -> service.MultiService:
         environment.environment_info,
         concurrency=config["concurrent-requests"],
         threadpool=ThreadPool(minthreads=0, maxthreads=THREADS, name="execserver-io"),
+        handshake_timeout=config["handshake-timeout"],
     )
     top = service.MultiService()
     stopper = OrderlyStop(reactor)

@@ -9,7 +9,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from execserver import params as P
-from execserver.server import MAX_BACKLOG_MESSAGES, Method
+from execserver.server import HANDSHAKE_TIMEOUT_SECONDS, MAX_BACKLOG_MESSAGES, Method
 
 from tests.support import attach, build_exec_server, handshake, send
 
@@ -91,6 +91,29 @@ class HandshakeTests(ConnectionTestCase):
         send(self.connection, {"method": "initialized"})
         self.assertTrue(self.transport.aborted)
         self.assertEqual(self.transport.sent, [])
+
+
+class HandshakeTimeoutTests(ConnectionTestCase):
+    def test_a_connection_that_never_initializes_is_closed(self):
+        self.clock.advance(HANDSHAKE_TIMEOUT_SECONDS - 1)
+        self.assertFalse(self.transport.closed)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.closed)
+
+    def test_initialize_keeps_it_open(self):
+        send(self.connection, {"id": 1, "method": "initialize", "params": {"clientName": "t"}})
+        self.clock.advance(HANDSHAKE_TIMEOUT_SECONDS)
+        self.assertFalse(self.transport.closed)
+
+    def test_a_closed_connection_leaves_no_timer(self):
+        self.connection.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_zero_waits_forever(self):
+        self.server.handshake_timeout = 0
+        connection, transport = attach(self.server)
+        self.clock.advance(10 * HANDSHAKE_TIMEOUT_SECONDS)
+        self.assertFalse(transport.closed)
 
 
 class MessageTests(ConnectionTestCase):

@@ -30,7 +30,8 @@ class OptionsTests(unittest.SynchronousTestCase):
     def test_defaults(self):
         options = self.parse()
         self.assertEqual((options["interface"], options["port"], options["listen"],
-                          options["concurrent-requests"]), ("127.0.0.1", 8765, "ws", 1))
+                          options["concurrent-requests"], options["handshake-timeout"]),
+                         ("127.0.0.1", 8765, "ws", 1, 60.0))
 
     def test_stdio_spellings(self):
         self.assertEqual(self.parse("--listen", "stdio://")["listen"], "stdio")
@@ -38,7 +39,7 @@ class OptionsTests(unittest.SynchronousTestCase):
 
     def test_bad_values(self):
         for args in (["--listen", "tcp"], ["--interface", "localhost"], ["--port", "70000"],
-                     ["--concurrent-requests", "0"], ["--port", "x"]):
+                     ["--concurrent-requests", "0"], ["--port", "x"], ["--handshake-timeout", "-1"]):
             self.assertRaises(usage.UsageError, self.parse, *args)
 
     def test_ipv6(self):
