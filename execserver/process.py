@@ -197,6 +197,11 @@ class ManagedProcess:
         @raise OSError: the program could not be started.
         """
         self.child.start()
+        guardian = self.session.registry.guardian
+        if guardian is not None:
+            pid = self.child.pid
+            guardian.watch(pid)
+            self.child.finished.addCallback(lambda _: guardian.forget(pid))
         self.update_reading()
 
     def update_reading(self) -> None:

@@ -82,6 +82,7 @@ class ExecServer:
         threadpool: ThreadPool | None = None,
         clock=None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
+        guardian=None,
     ) -> None:
         self.reactor = reactor
         #: Timers; the reactor unless a test injects a clock.
@@ -91,7 +92,7 @@ class ExecServer:
         self.concurrency = concurrency
         #: How long a connection may take to send initialize; 0: forever.
         self.handshake_timeout = handshake_timeout
-        self.registry = SessionRegistry(reactor, self.clock)
+        self.registry = SessionRegistry(reactor, self.clock, guardian)
         self.threadpool = threadpool
 
     def buildConnection(self) -> "ServerConnection":

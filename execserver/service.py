@@ -25,6 +25,7 @@ from twisted.python.threadpool import ThreadPool
 
 import execserver
 from execserver import environment
+from execserver.guardian import Guardian
 from execserver.interfaces import IMessageProtocol
 from execserver.methods import all_methods
 from execserver.server import HANDSHAKE_TIMEOUT_SECONDS, ExecServer
@@ -88,11 +89,16 @@ class ExecServerService(service.Service):
     def startService(self) -> None:
         super().startService()
         self.exec_server.threadpool.start()
+        self.exec_server.registry.guardian.start()
 
     def stopService(self):
         super().stopService()
         self.exec_server.threadpool.stop()
-        return self.exec_server.shutdown()
+        return self.exec_server.shutdown().addBoth(self._release_guardian)
+
+    def _release_guardian(self, result):
+        self.exec_server.registry.guardian.stop()
+        return result
 
 
 def ws_url(address) -> str:
@@ -248,6 +254,7 @@ def _build(config: Options, reactor) -> service.MultiService:
         concurrency=config["concurrent-requests"],
         threadpool=ThreadPool(minthreads=0, maxthreads=THREADS, name="execserver-io"),
         handshake_timeout=config["handshake-timeout"],
+        guardian=Guardian(reactor),
     )
     top = service.MultiService()
     stopper = OrderlyStop(reactor)

@@ -138,11 +138,14 @@ class SessionRegistry:
     Every session of one server process.
     """
 
-    def __init__(self, reactor, clock: IReactorTime | None = None) -> None:
+    def __init__(self, reactor, clock: IReactorTime | None = None, guardian=None) -> None:
         #: Runs the child processes' I/O.
         self.reactor = reactor
         #: Runs the timers (detached sessions, closed processes).
         self.clock = clock if clock is not None else reactor
+        #: Kills the process groups if the server dies without doing it
+        #: (an L{execserver.guardian.Guardian}), when there is one.
+        self.guardian = guardian
         self.sessions: dict[str, Session] = {}
 
     def create(self, connection: Attachment) -> Session:

@@ -11,7 +11,7 @@ import socket
 import sys
 import tempfile
 
-from twisted.internet import protocol, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 from twisted.trial import unittest
@@ -143,3 +143,30 @@ class ShutdownTests(unittest.TestCase):
         await support.process_gone(leader)
         await support.process_gone(background)
         await queue.lost
+
+
+class KilledServerTests(unittest.TestCase):
+    timeout = 60
+
+    async def test_children_die_with_a_killed_server(self):
+        """
+        A server killed with SIGKILL cannot kill its process groups; its
+        guardian does, background jobs included, in pipe and terminal mode.
+        """
+        server = await support.start_server("ours")
+        self.addCleanup(lambda: defer.ensureDeferred(server.stop()))
+        queue = await support.connect(server.url)
+        queue.send({"id": 1, "method": "initialize", "params": {"clientName": "t"}})
+        await queue.response(1)
+        queue.send({"method": "initialized"})
+        pids = []
+        for n, tty in enumerate((False, True)):
+            queue.send({"id": 2 + n, "method": "process/start", "params": support.start_params(
+                f"p{n}", ["/bin/sh", "-c", "sleep 100 & echo $$ $!; wait"], tty=tty)})
+            output = await queue.notification(lambda m: m["method"] == "process/output"
+                                              and m["params"]["processId"] == f"p{n}")
+            pids += map(int, base64.b64decode(output["params"]["chunk"]).split())
+        server.process.signalProcess("KILL")
+        await queue.lost
+        for pid in pids:
+            await support.process_gone(pid)
