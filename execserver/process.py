@@ -191,6 +191,8 @@ class ManagedProcess:
         self._reading = True
         #: Set by process/terminate: stdin is gone for good.
         self.terminated = False
+        #: Set by process/closeStdin: later writes report C{stdinClosed}.
+        self.stdin_closed = False
 
     def start(self) -> None:
         """
@@ -319,9 +321,25 @@ class ManagedProcess:
             return "accepted"
         if self.terminated:
             raise rpc.internal_error("failed to write to process stdin")
+        if self.stdin_closed:
+            return "stdinClosed"
         self.child.write(data)
         self.write_ids.add(write_id)
         return "accepted"
+
+    def close_stdin(self) -> None:
+        """
+        End the child's stdin after the bytes already written (our
+        extension, C{process/closeStdin}). Closing what is closed, or was
+        never piped, succeeds: the request can be sent again safely.
+        """
+        if self.spec.tty:
+            raise rpc.invalid_request(
+                f"process {self.process_id} runs under a terminal: its stdin cannot be "
+                "closed; write the terminal's end-of-file character (Ctrl-D) instead"
+            )
+        self.stdin_closed = True
+        self.child.close_stdin()
 
     def terminate(self) -> bool:
         """

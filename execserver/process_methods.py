@@ -87,6 +87,10 @@ TerminateParams = P.Struct("TerminateParams", [
     P.Field("processId", P.String()),
 ])
 
+CloseStdinParams = P.Struct("CloseStdinParams", [
+    P.Field("processId", P.String()),
+])
+
 
 def _matches(name: str, patterns) -> bool:
     upper = name.upper()
@@ -255,6 +259,18 @@ def signal(connection: ServerConnection, p: dict) -> dict:
     return {}
 
 
+def close_stdin(connection: ServerConnection, p: dict) -> dict:
+    """
+    Our extension: the reference cannot end a child's stdin, so a child
+    that reads to the end of its input would wait forever.
+    """
+    process = _process(connection, p["processId"])
+    if process is None:
+        raise rpc.invalid_request(f"unknown process id {p['processId']}")
+    process.close_stdin()
+    return {}
+
+
 def terminate(connection: ServerConnection, p: dict) -> dict:
     process = _process(connection, p["processId"])
     if process is None:
@@ -268,4 +284,6 @@ METHODS = {
     "process/write": Method(FAMILY, WriteParams, write),
     "process/signal": Method(FAMILY, SignalParams, signal, control=True),
     "process/terminate": Method(FAMILY, TerminateParams, terminate, control=True),
+    # In the lane of process/write, so that it follows the writes sent before it.
+    "process/closeStdin": Method(FAMILY, CloseStdinParams, close_stdin),
 }

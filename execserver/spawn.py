@@ -181,8 +181,21 @@ class _InputWriter(abstract.FileDescriptor):
         # reference ignores errors writing to the pipe.
         return _write_some(self.fd, data)
 
+    def abort(self) -> None:
+        """
+        Close at once, dropping what is still queued: nobody will read it.
+        """
+        if not self.disconnected:
+            self.stopWriting()
+            self.connectionLost(Failure(main.CONNECTION_LOST))
+
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
+        # Unwritten bytes are never written now; a child that never read
+        # them must not keep them in memory.
+        self.dataBuffer = b""
+        self._tempDataBuffer = []
+        self._tempDataLen = 0
         if self.fd >= 0:
             _close_later(self.reactor, self.fd)
             self.fd = -1
@@ -348,6 +361,17 @@ class Child:
         self.stdin.write(data)
         return True
 
+    def close_stdin(self) -> None:
+        """
+        End the child's stdin (a pipe) once the queued bytes are written.
+        """
+        if isinstance(self.stdin, _InputWriter):
+            self.stdin.loseConnection()
+
+    def _abort_stdin(self) -> None:
+        if isinstance(self.stdin, _InputWriter):
+            self.stdin.abort()
+
     def signal_group(self, signum: int) -> None:
         """
         Signal the child's whole process group.
@@ -365,6 +389,7 @@ class Child:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        self._abort_stdin()
         for reader in list(self.readers):
             reader.drain()
             _end(reader)
@@ -423,8 +448,10 @@ class Child:
         if self.spec.tty and any(reader.fd >= 0 for reader in self.readers):
             self._linger = self.reactor.callLater(PTY_LINGER_SECONDS, self._end_terminal)
         self.exit_code = exit_code_from_status(returncode)
-        if self.stdin is not None and not self.spec.tty:
-            self.stdin.loseConnection()
+        # Later writes are accepted and dropped (as in the reference); what
+        # is still queued goes the same way instead of waiting for a reader
+        # that may never come.
+        self._abort_stdin()
         self.handler.childExited(self.exit_code)
         self._maybe_finish()
 

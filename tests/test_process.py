@@ -165,6 +165,110 @@ class StdinTests(ProcessTestCase):
         self.assertEqual(reply["error"], {"code": -32602, "message": "writeId must not be empty"})
 
 
+class CloseStdinTests(ProcessTestCase):
+    """
+    process/closeStdin, our extension (docs/compatibility.md).
+    """
+
+    def write(self, process_id, data, write_id):
+        return self.call("process/write", {"processId": process_id, "chunk": b64(data),
+                                           "writeId": write_id})
+
+    async def test_closing_stdin_ends_the_childs_input(self):
+        await self.call("process/start", start_params("p", ["/bin/sh", "-c", "cat; echo end"],
+                                                      pipeStdin=True))
+        await self.write("p", b"hello\n", "w")
+        reply = await self.call("process/closeStdin", {"processId": "p"})
+        self.assertEqual(reply["result"], {})
+        await self.transport.closed_event("p")
+        self.assertEqual((self.transport.output("p"), self.exit_code("p")), (b"hello\nend\n", 0))
+
+    async def test_queued_writes_reach_the_child_before_the_end(self):
+        data = os.urandom(4 * 1024 * 1024)
+        await self.call("process/start", start_params("p", ["/usr/bin/wc", "-c"], pipeStdin=True))
+        await self.write("p", data, "w")
+        await self.call("process/closeStdin", {"processId": "p"})
+        await self.transport.closed_event("p")
+        self.assertEqual(self.transport.output("p"), b"%d\n" % len(data))
+
+    async def test_writes_after_the_close_report_stdin_closed(self):
+        await self.call("process/start", start_params("p", ["/bin/sleep", "100"], pipeStdin=True))
+        await self.write("p", b"x", "before")
+        await self.call("process/closeStdin", {"processId": "p"})
+        reply = await self.write("p", b"y", "after")
+        self.assertEqual(reply["result"], {"status": "stdinClosed"})
+        # A write that landed before the close, sent again, is still the
+        # same accepted write.
+        reply = await self.write("p", b"x", "before")
+        self.assertEqual(reply["result"], {"status": "accepted"})
+
+    async def test_closing_again_succeeds(self):
+        # Idempotent, so a client may send it again after a reconnect.
+        await self.call("process/start", start_params("p", ["/bin/cat"], pipeStdin=True))
+        for _ in range(2):
+            reply = await self.call("process/closeStdin", {"processId": "p"})
+            self.assertEqual(reply["result"], {})
+        await self.transport.closed_event("p")
+        reply = await self.call("process/closeStdin", {"processId": "p"})
+        self.assertEqual(reply["result"], {})
+
+    async def test_stdin_that_is_not_piped_is_already_closed(self):
+        await self.call("process/start", start_params("p", ["/bin/sleep", "100"]))
+        reply = await self.call("process/closeStdin", {"processId": "p"})
+        self.assertEqual(reply["result"], {})
+
+    async def test_after_terminate(self):
+        await self.call("process/start", start_params("p", ["/bin/sleep", "100"], pipeStdin=True))
+        await self.call("process/terminate", {"processId": "p"})
+        reply = await self.call("process/closeStdin", {"processId": "p"})
+        self.assertEqual(reply["result"], {})
+
+    async def test_unknown_process(self):
+        reply = await self.call("process/closeStdin", {"processId": "nope"})
+        self.assertEqual(reply["error"], {"code": -32600, "message": "unknown process id nope"})
+
+    async def test_a_terminal_cannot_be_closed(self):
+        await self.call("process/start", start_params("p", ["/bin/cat"], tty=True))
+        reply = await self.call("process/closeStdin", {"processId": "p"})
+        self.assertEqual(reply["error"], {"code": -32600, "message": (
+            "process p runs under a terminal: its stdin cannot be closed; "
+            "write the terminal's end-of-file character (Ctrl-D) instead")})
+        await self.call("process/terminate", {"processId": "p"})
+
+    async def test_params(self):
+        send(self.connection, {"id": 1, "method": "process/closeStdin", "params": {}})
+        reply = await self.transport.reply(1)
+        self.assertEqual(reply["error"], {"code": -32602, "message": "missing field `processId`"})
+
+    async def test_a_queued_write_is_let_go_when_the_child_is_terminated(self):
+        writer = await self._queue_for_a_child_that_never_reads()
+        await self.call("process/closeStdin", {"processId": "p"})
+        self.assertTrue(writer.dataBuffer or writer._tempDataBuffer)
+        await self.call("process/terminate", {"processId": "p"})
+        await self.transport.closed_event("p")
+        self.assert_let_go(writer)
+
+    async def test_a_queued_write_is_let_go_when_the_child_exits(self):
+        writer = await self._queue_for_a_child_that_never_reads()
+        await self.call("process/signal", {"processId": "p", "signal": "interrupt"})
+        await self.transport.closed_event("p")
+        self.assert_let_go(writer)
+
+    async def _queue_for_a_child_that_never_reads(self):
+        # More than a pipe holds: the rest stays queued in the server.
+        await self.call("process/start", start_params("p", ["/bin/sleep", "100"], pipeStdin=True))
+        await self.write("p", os.urandom(1024 * 1024), "w")
+        writer = self.server.registry.sessions[self.session_id].processes["p"].child.stdin
+        self.assertTrue(writer.dataBuffer or writer._tempDataBuffer)
+        return writer
+
+    def assert_let_go(self, writer):
+        from twisted.internet import reactor
+
+        self.assertEqual((writer.dataBuffer, writer._tempDataBuffer, writer.fd), (b"", [], -1))
+        self.assertNotIn(writer, reactor.getWriters())
+
+
 class SignalTests(ProcessTestCase):
     async def test_terminate_kills_the_group(self):
         await self.call("process/start", start_params(
