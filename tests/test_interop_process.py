@@ -7,7 +7,7 @@ are specified in tests/test_process.py.
 
 import base64
 
-from tests.interop import InteropTestCase, interop
+from tests.interop import InteropTestCase, interop, run_against
 
 
 def b64(data: bytes) -> str:
@@ -316,3 +316,40 @@ async def concurrent_lanes(peer):
 
 class ConcurrencyTests(InteropTestCase):
     test_concurrent_lanes = interop(concurrent_lanes, args=["--concurrent-requests", "4"])
+
+
+async def close_stdin(peer):
+    await peer.call("process/closeStdin", {"processId": "c"}, label="before initialize")
+    await peer.handshake()
+    await peer.call("process/start", start("c", ["/bin/sh", "-c", "cat; echo end"], pipeStdin=True))
+    await peer.call("process/write", {"processId": "c", "chunk": b64(b"hello\n"), "writeId": "w"})
+    await peer.output_until("c", b"hello\n")
+    reply = await peer.call("process/closeStdin", {"processId": "c"})
+    if "error" in reply:
+        # The child's stdin stays open: it would wait forever.
+        await peer.call("process/terminate", {"processId": "c"})
+    await peer.process_events("c")
+
+
+class CloseStdinTests(InteropTestCase):
+    """
+    process/closeStdin is our extension (docs/compatibility.md): ours ends
+    the child's input, the reference does not know the method.
+    """
+
+    async def test_ours_closes_stdin(self):
+        transcript = dict(await run_against("ours", close_stdin))
+        self.assertEqual(transcript["before initialize"], {"error": {
+            "code": -32600, "message": "client must call initialize before using exec methods"}})
+        self.assertEqual(transcript["process/closeStdin"], {"result": {}})
+        self.assertEqual(transcript["events c"]["output"], {"stdout": "end\n"})
+        self.assertEqual(transcript["events c"]["exitCode"], 0)
+
+    async def test_the_reference_does_not_know_it(self):
+        transcript = dict(await run_against("reference", close_stdin))
+        unknown = {"code": -32601,
+                   "message": "exec-server stub does not implement `process/closeStdin` yet"}
+        self.assertEqual(transcript["before initialize"], {"error": unknown})
+        self.assertEqual(transcript["process/closeStdin"], {"error": unknown})
+        self.assertEqual(transcript["events c"]["output"], {})
+        self.assertEqual(transcript["events c"]["exitCode"], 137)
