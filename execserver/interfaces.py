@@ -76,3 +76,11 @@ class IMessageProtocol(Interface):
         """
         The transport is gone; no more messages will arrive or can be sent.
         """
+
+
+class PeerGoingAway(ConnectionError):
+    """
+    Why a message transport was lost when its peer closed it on purpose
+    because it is shutting down (a WebSocket Close frame with code 1001):
+    its sessions go with it, so there is no point in reconnecting.
+    """

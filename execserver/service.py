@@ -17,7 +17,7 @@ import sys
 from typing import Callable
 
 from twisted.application import service
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 from twisted.python import usage
@@ -132,13 +132,14 @@ def listen_now(endpoint, factory, where: str):
 
 class WebSocketListener(service.Service):
     """
-    Announces the URL of a listening WebSocket port, and closes the port
-    when stopped.
+    Announces the URL of a listening WebSocket port; when stopped, closes
+    the port and every open WebSocket (with 1001, going away).
     """
 
-    def __init__(self, reactor, port, out=None):
+    def __init__(self, reactor, port, websockets: websocket.OpenWebSockets, out=None):
         self.reactor = reactor
         self.port = port
+        self.websockets = websockets
         self.out = out if out is not None else sys.stdout
 
     def startService(self) -> None:
@@ -155,7 +156,10 @@ class WebSocketListener(service.Service):
 
     def stopService(self):
         super().stopService()
-        return self.port.stopListening()
+        # Stopped before ExecServerService (a MultiService stops its
+        # children in reverse order): the Close frames are sent before the
+        # processes are killed, so clients never see those deaths.
+        return defer.gatherResults([self.port.stopListening(), self.websockets.go_away()])
 
 
 class OrderlyStop(service.Service):
@@ -271,6 +275,7 @@ def _build(config: Options, reactor) -> service.MultiService:
         else:
             endpoint = endpoints.TCP4ServerEndpoint(reactor, port_number, interface=interface)
             where = f"{interface}:{port_number}"
-        port = listen_now(endpoint, websocket.site(exec_server.buildConnection), where)
-        WebSocketListener(reactor, port).setServiceParent(top)
+        site = websocket.site(exec_server.buildConnection)
+        port = listen_now(endpoint, site, where)
+        WebSocketListener(reactor, port, site.websockets).setServiceParent(top)
     return top

@@ -144,6 +144,23 @@ class ShutdownTests(unittest.TestCase):
         await support.process_gone(background)
         await queue.lost
 
+    async def test_sigterm_closes_websockets_before_killing_processes(self):
+        # A Close frame with 1001 tells clients that the server is going
+        # away (no point in resuming); the processes die after it, so no
+        # client sees their deaths as exits.
+        server = await support.start_server("ours")
+        queue = await support.connect(server.url)
+        queue.send({"id": 1, "method": "initialize", "params": {"clientName": "t"}})
+        await queue.response(1)
+        queue.send({"method": "initialized"})
+        queue.send({"id": 2, "method": "process/start", "params": support.start_params(
+            "p", ["/bin/sleep", "100"])})
+        await queue.response(2)
+        await server.stop()
+        reason = await queue.lost
+        self.assertEqual(reason.args, (1001, "server shutting down"))
+        self.assertEqual(queue.messages, [])
+
 
 class KilledServerTests(unittest.TestCase):
     timeout = 60

@@ -12,7 +12,8 @@ client library and the tests.
 Bad upgrade requests get the reference's status and plain-text reason.
 Protocol violations (an oversized frame, invalid UTF-8 in a text frame) end
 the connection without a Close frame, as in the reference. The server pings
-every 30 s and does not enforce a pong deadline.
+every 30 s and does not enforce a pong deadline. A server that stops closes
+every WebSocket with 1001 (going away); the reference just drops them.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 from zope.interface import implementer
 
-from execserver.interfaces import IMessageProtocol, IMessageTransport
+from execserver.interfaces import IMessageProtocol, IMessageTransport, PeerGoingAway
 
 PING_INTERVAL_SECONDS = 30
 #: Kernel send buffer per connection (Linux doubles it).
@@ -43,6 +44,9 @@ SEND_BUFFER_BYTES = 128 * 1024
 #: The reference's limits (tungstenite's defaults).
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: The Close frame of a server that stops (RFC 6455's "going away").
+GOING_AWAY = 1001
+GOING_AWAY_REASON = "server shutting down"
 
 
 @implementer(IMessageTransport)
@@ -109,6 +113,39 @@ def _text_frame_header(length: int) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, length)
 
 
+class OpenWebSockets:
+    """
+    The open WebSockets of one listener, so that a server that stops can
+    close them with 1001: clients then fail at once instead of trying to
+    resume sessions that end with the server.
+    """
+
+    def __init__(self) -> None:
+        self._closed: dict[WebSocketServerProtocol, Deferred] = {}
+
+    def add(self, protocol: WebSocketServerProtocol) -> None:
+        self._closed[protocol] = Deferred()
+
+    def discard(self, protocol: WebSocketServerProtocol) -> None:
+        closed = self._closed.pop(protocol, None)
+        if closed is not None:
+            closed.callback(None)
+
+    def go_away(self) -> Deferred:
+        """
+        Send every open WebSocket a Close frame with 1001.
+
+        @return: fires once all are closed (the closing handshake times out
+            after a second for a client that does not answer).
+        """
+        closing = list(self._closed.values())
+        for protocol in list(self._closed):
+            # autobahn's sendClose only takes the codes an application
+            # chooses (1000, 3000-4999); 1001 is the endpoint's own.
+            protocol.sendCloseFrame(GOING_AWAY, GOING_AWAY_REASON.encode())
+        return gatherResults(closing)
+
+
 class ExecServerWebSocketProtocol(WebSocketServerProtocol):
     connection = None
 
@@ -120,6 +157,7 @@ class ExecServerWebSocketProtocol(WebSocketServerProtocol):
         # twisted.web's HTTP channel registered itself as the socket's
         # producer; the JSON-RPC connection takes its place.
         self.transport.unregisterProducer()
+        self.factory.websockets.add(self)
         self.connection = self.factory.build_protocol()
         self.connection.makeConnection(MessageTransport(self))
 
@@ -140,6 +178,7 @@ class ExecServerWebSocketProtocol(WebSocketServerProtocol):
         if self.connection is not None:
             connection, self.connection = self.connection, None
             connection.connectionLost(Failure(ConnectionError(code, reason)))
+        self.factory.websockets.discard(self)
 
 
 class _Status(resource.Resource):
@@ -213,7 +252,17 @@ class _Root(resource.Resource):
         return _NOT_FOUND
 
 
-def site(build_protocol: Callable[[], IMessageProtocol]) -> server.Site:
+class Site(server.Site):
+    """
+    The HTTP site of a listener; C{websockets} are its open WebSockets.
+    """
+
+    def __init__(self, root: resource.Resource, websockets: OpenWebSockets) -> None:
+        super().__init__(root)
+        self.websockets = websockets
+
+
+def site(build_protocol: Callable[[], IMessageProtocol]) -> Site:
     """
     The HTTP site serving the WebSocket endpoint: each WebSocket carries the
     message protocol that C{build_protocol} returns.
@@ -221,6 +270,7 @@ def site(build_protocol: Callable[[], IMessageProtocol]) -> server.Site:
     factory = WebSocketServerFactory()
     factory.protocol = ExecServerWebSocketProtocol
     factory.build_protocol = build_protocol
+    factory.websockets = OpenWebSockets()
     factory.setProtocolOptions(
         autoPingInterval=PING_INTERVAL_SECONDS,
         autoPingTimeout=0,
@@ -233,7 +283,7 @@ def site(build_protocol: Callable[[], IMessageProtocol]) -> server.Site:
         trustXForwardedFor=0,
     )
     root = _Root(WebSocketResource(factory))
-    http = server.Site(root)
+    http = Site(root, factory.websockets)
     http.displayTracebacks = False
     http.noisy = False
     return http
@@ -267,7 +317,8 @@ class _ClientProtocol(WebSocketClientProtocol):
     def onClose(self, wasClean: bool, code, reason) -> None:
         if self.message_protocol is not None:
             message_protocol, self.message_protocol = self.message_protocol, None
-            message_protocol.connectionLost(Failure(ConnectionError(code, reason)))
+            error = PeerGoingAway if code == GOING_AWAY else ConnectionError
+            message_protocol.connectionLost(Failure(error(code, reason)))
         elif self.factory.opened is not None:
             opened, self.factory.opened = self.factory.opened, None
             opened.errback(WebSocketConnectError(self.wasNotCleanReason or reason))
