@@ -313,6 +313,17 @@ class UrlTests(CliTestCase):
         self.assertEqual(code, 255)
 
 
+class ServerStopTests(CliTestCase):
+    async def test_stopping_the_server_ends_exec_at_once(self):
+        cli = self.spawn(["exec", "--", "sh", "-c", "echo ready; exec sleep 100"], stdin=None)
+        await cli.wait_for(b"ready\n")
+        await self.server.stop()
+        # Not after the client's 25 s of trying to resume the session.
+        self.assertEqual(await support.with_timeout(cli.ended), 255)
+        self.assertEqual(cli.err, f"execserver-client: exec: the server {self.server.url} "
+                                  "is shutting down\n".encode())
+
+
 class ReferenceExecTests(ExecTests):
     """
     exec against the reference server.

@@ -32,12 +32,13 @@ from execserver.client import (
     ProtocolViolation,
     RecoveryFailed,
     RemoteError,
+    ServerGoingAway,
     StartNotApplied,
 )
 from execserver.client import core
 from execserver.client.http import BodyFailed
 from execserver.client.process import CLOSED, EXITED, OUTPUT, Sequencer
-from execserver.interfaces import IMessageTransport
+from execserver.interfaces import IMessageTransport, PeerGoingAway
 
 SESSION = "5e55104e-0000-4000-8000-000000000001"
 ENVIRONMENT = {"cwd": "file:///srv", "capabilities": {}}
@@ -133,6 +134,12 @@ class Attempt:
 
     def drop(self) -> None:
         self.protocol.connectionLost(Failure(ConnectionDone("dropped")))
+
+    def go_away(self) -> None:
+        """
+        The server closes the connection because it is shutting down.
+        """
+        self.protocol.connectionLost(Failure(PeerGoingAway(1001, "server shutting down")))
 
     def handshake(self, resume: str | None = None) -> None:
         """
@@ -467,6 +474,36 @@ class WriteTests(ClientTestCase):
         self.assertNotEqual(ours["params"]["writeId"], theirs["params"]["writeId"])
 
 
+class CloseStdinTests(ClientTestCase):
+    def test_close_stdin_asks_the_server_to_end_the_input(self):
+        handle = self.started()
+        closing = handle.close_stdin()
+        (request,) = self.link.take()
+        self.assertEqual((request["method"], request["params"]), ("process/closeStdin", {"processId": "p"}))
+        self.link.reply(request, {})
+        self.assertIsNone(self.successResultOf(closing))
+
+    def test_a_server_without_it_answers_method_not_found(self):
+        handle = self.started()
+        closing = handle.close_stdin()
+        (request,) = self.link.take()
+        self.link.fail(request, -32601, "exec-server stub does not implement `process/closeStdin` yet")
+        error = self.failureResultOf(closing, RemoteError).value
+        self.assertEqual(error.code, -32601)
+
+    def test_in_flight_it_is_sent_again_after_the_writes_before_it(self):
+        handle = self.started()
+        handle.write(b"last")
+        closing = handle.close_stdin()
+        self.link.take()
+        link = self.drop_and_resume()
+        catch_up, write, close = link.take()
+        self.assertEqual([m["method"] for m in (catch_up, write, close)],
+                         ["process/read", "process/write", "process/closeStdin"])
+        link.reply(close, {})
+        self.assertIsNone(self.successResultOf(closing))
+
+
 class RecoveryTests(ClientTestCase):
     def test_a_drop_reconnects_at_once_and_resumes_the_session(self):
         self.link.drop()
@@ -701,6 +738,25 @@ class RecoveryTests(ClientTestCase):
         self.assertEqual(self.client.state, "failed")
         self.assertIn(f"unknown session id {SESSION}",
                       str(self.failureResultOf(handle.when_closed(), RecoveryFailed).value))
+
+    def test_a_server_that_goes_away_is_not_asked_to_resume(self):
+        handle = self.started()
+        status = self.client.environment_status()
+        self.link.go_away()
+        self.assertEqual((self.client.state, len(self.server.attempts)), ("failed", 1))
+        error = self.failureResultOf(handle.when_closed(), ServerGoingAway).value
+        self.assertEqual(str(error), "the server scripted server is shutting down")
+        self.assertIs(self.failureResultOf(status, ServerGoingAway).value, error)
+
+    def test_recovery_stops_when_the_server_goes_away(self):
+        handle = self.started()
+        self.link.drop()
+        attempt = self.server.last
+        attempt.accept()
+        attempt.go_away()
+        self.clock.advance(core.RECOVERY_SECONDS)
+        self.assertEqual(len(self.server.attempts), 2)
+        self.failureResultOf(handle.when_closed(), ServerGoingAway)
 
     def test_a_stdio_server_cannot_be_resumed(self):
         server = ScriptedServer(resumable=False)

@@ -22,6 +22,7 @@ from execserver.client.errors import (
     ProtocolViolation,
     RecoveryFailed,
     RemoteError,
+    ServerGoingAway,
     StartNotApplied,
 )
 from execserver.client.fs import DirectoryEntry, FileHandle, Metadata
@@ -33,6 +34,7 @@ __all__ = [
     "ExecServerClient", "FileHandle", "HandleLost", "HttpResponse", "IConnector",
     "IProcessReceiver", "Metadata", "OutcomeUnknown", "OutputCollector", "OutputLost",
     "ProcessHandle", "ProcessLost", "ProtocolViolation",
-    "RECOVERY_SECONDS", "REPLAY_POLICY", "RecoveryFailed", "RemoteError", "StartNotApplied",
+    "RECOVERY_SECONDS", "REPLAY_POLICY", "RecoveryFailed", "RemoteError", "ServerGoingAway",
+    "StartNotApplied",
     "StdioConnector", "WebSocketConnector",
 ]

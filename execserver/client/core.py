@@ -20,8 +20,9 @@ flight, and sends again the requests that may be repeated, in the order
 they were first made. What happens to each request in flight when the
 connection drops depends on its method (L{REPLAY_POLICY}):
 
-* C{RETRY}: read-only requests, and C{process/write}, which the server
-  deduplicates by C{writeId}: sent again after the resume.
+* C{RETRY}: read-only requests; C{process/write}, which the server
+  deduplicates by C{writeId}; and C{process/closeStdin}, which is
+  idempotent: sent again after the resume.
 * C{PROBE}: C{process/start}. Never sent again; the resumed session is asked
   with C{process/read} whether the process exists. It does: the start
   succeeded. It does not: the start fails with L{StartNotApplied}.
@@ -33,7 +34,9 @@ connection drops depends on its method (L{REPLAY_POLICY}):
 
 Requests made while recovering wait and are sent after the resume. If the
 recovery fails, every pending request and process handle fails with one
-L{RecoveryFailed}.
+L{RecoveryFailed}. A server that closes the connection because it is
+shutting down is not asked to resume: everything fails at once with
+L{ServerGoingAway}.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from execserver.client.errors import (
     OutcomeUnknown,
     RecoveryFailed,
     RemoteError,
+    ServerGoingAway,
     StartNotApplied,
     describe,
 )
@@ -91,6 +95,7 @@ GONE = "gone"
 REPLAY_POLICY = {
     "process/read": RETRY,
     "process/write": RETRY,
+    "process/closeStdin": RETRY,
     "environment/info": RETRY,
     "environment/status": RETRY,
     "fs/readFile": RETRY,
@@ -206,7 +211,9 @@ class _Ready(_State):
 
     def link_lost(self, link: RpcConnection, reason: Failure) -> None:
         client = self.client
-        if client.connector.resumable:
+        if link.going_away:
+            client._transition(_Failed(client, client._going_away()))
+        elif client.connector.resumable:
             client._transition(_Recovering(client, reason))
         else:
             client._transition(_Failed(client, RecoveryFailed(
@@ -268,6 +275,9 @@ class _Recovering(_State):
             return
         self.link = None
         self._cancel_attempt_timer()
+        if link.going_away:
+            self._give_up_with(self.client._going_away())
+            return
         link.abandon()
         self.last_reason = describe(reason)
         error = reason.value
@@ -558,6 +568,18 @@ class ExecServerClient:
         })
         return writing.addCallback(lambda result: result["status"])
 
+    def close_process_stdin(self, process_id: str) -> Deferred:
+        """
+        C{process/closeStdin}, our server's extension: end the process's
+        stdin once the writes sent before are written. Idempotent, so it is
+        sent again after a reconnect.
+
+        @return: fires with None; a server without the method (the
+            reference) fails it with L{RemoteError} -32601.
+        """
+        closing = self.call("process/closeStdin", {"processId": process_id})
+        return closing.addCallback(lambda result: None)
+
     def signal_process(self, process_id: str, signal: str = "interrupt") -> Deferred:
         return self.call("process/signal", {"processId": process_id, "signal": signal})
 
@@ -681,6 +703,9 @@ class ExecServerClient:
                 call.result.errback(OutcomeUnknown(call.method))
         for stream in list(self._streams.values()):
             stream._connection_lost()
+
+    def _going_away(self) -> ServerGoingAway:
+        return ServerGoingAway(f"the server {self.connector.description} is shutting down")
 
     def _fail_everything(self, error: Exception) -> None:
         calls, self._outstanding = list(self._outstanding), OrderedDict()

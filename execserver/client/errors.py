@@ -93,6 +93,13 @@ class RecoveryFailed(ClientError):
     """
 
 
+class ServerGoingAway(RecoveryFailed):
+    """
+    The server closed the connection because it is shutting down: the
+    session ends with it, so the client does not try to resume it.
+    """
+
+
 class OutputLost(ClientError):
     """
     Output of one process that this client never received has fallen out of

@@ -335,6 +335,16 @@ class ProcessHandle:
         """
         return self._client.write_process(self.process_id, data)
 
+    def close_stdin(self) -> Deferred:
+        """
+        End the process's stdin after the writes made before (our server's
+        C{process/closeStdin}); safe to repeat.
+
+        @return: fires with None, or fails with L{RemoteError} -32601 from
+            a server that cannot close a process's stdin (the reference).
+        """
+        return self._client.close_process_stdin(self.process_id)
+
     def signal(self, signal: str = "interrupt") -> Deferred:
         return self._client.signal_process(self.process_id, signal)
 

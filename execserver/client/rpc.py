@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from execserver import rpc
 from execserver.client.errors import ConnectionDropped, RemoteError, describe
-from execserver.interfaces import IMessageProtocol, IMessageTransport
+from execserver.interfaces import IMessageProtocol, IMessageTransport, PeerGoingAway
 
 log = Logger()
 
@@ -39,6 +39,8 @@ class RpcConnection:
     @ivar connected: a transport is attached and has not gone away.
     @ivar lost: the transport went away (or was never attached and the
         connection was abandoned); nothing more will be sent or received.
+    @ivar going_away: the server closed the connection because it is
+        shutting down.
     """
 
     def __init__(self, on_notification: NotificationHandler, on_lost: LostHandler) -> None:
@@ -47,6 +49,7 @@ class RpcConnection:
         self.transport: IMessageTransport | None = None
         self.connected = False
         self.lost = False
+        self.going_away = False
         self._next_id = 0
         self._pending: dict[int, tuple[str, Deferred]] = {}
         self._reading_paused = False
@@ -97,6 +100,7 @@ class RpcConnection:
             return
         self.lost = True
         self.connected = False
+        self.going_away = reason.check(PeerGoingAway) is not None
         pending, self._pending = self._pending, {}
         self._on_lost(self, reason)
         error = ConnectionDropped(f"the connection was lost: {describe(reason)}")
