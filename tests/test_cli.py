@@ -14,7 +14,7 @@ import struct
 import sys
 import termios
 
-from twisted.internet import protocol, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial import unittest
 
@@ -24,46 +24,72 @@ from tests import support
 #: The window size our test terminal has.
 ROWS, COLUMNS = 33, 101
 
+#: How long a run of the command line, or one awaited piece of its output,
+#: may take before the test is broken: generous, because a loaded machine
+#: is slow and nothing here waits on a clock.
+WAIT_SECONDS = 120.0
+
+
+def wait(d: Deferred) -> Deferred:
+    return support.with_timeout(d, WAIT_SECONDS)
+
 
 class _Cli(protocol.ProcessProtocol):
     """
     One run of the command line: collects its output and fires C{ended}
     with the exit status; C{wait_for} fires once the output contains a text.
+
+    Output is gathered in bytearrays (appending is amortized linear) and
+    searched only where new bytes could complete a match.
     """
 
     def __init__(self, stdin: bytes | None, close_stdout_after: bytes | None = None) -> None:
         self.stdin = stdin
         self.close_stdout_after = close_stdout_after
-        self.out = b""
-        self.err = b""
+        self.received = {1: bytearray(), 2: bytearray()}
         self.ended = Deferred()
         #: Called when the process has exited (before its terminal closes).
         self.on_exit = None
-        self._wanted: list[tuple[bytes, Deferred]] = []
+        self._wanted: list[tuple[int, bytes, Deferred]] = []
+
+    @property
+    def out(self) -> bytes:
+        return bytes(self.received[1])
+
+    @property
+    def err(self) -> bytes:
+        return bytes(self.received[2])
 
     def connectionMade(self) -> None:
         if self.stdin is not None:
             self.transport.write(self.stdin)
             self.transport.closeStdin()
 
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        if fd == 1:
-            self.out += data
-            if self.close_stdout_after is not None and self.close_stdout_after in self.out:
-                self.close_stdout_after = None
-                self.transport.closeChildFD(1)
-        else:
-            self.err += data
-        for entry in list(self._wanted):
-            if entry[0] in self.out:
-                self._wanted.remove(entry)
-                entry[1].callback(None)
+    def _contains(self, fd: int, text: bytes, new: int) -> bool:
+        buffer = self.received[fd]
+        return buffer.find(text, max(0, len(buffer) - new - len(text) + 1)) >= 0
 
-    def wait_for(self, text: bytes) -> Deferred:
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        fd = 1 if fd == 1 else 2
+        self.received[fd] += data
+        if (fd == 1 and self.close_stdout_after is not None
+                and self._contains(1, self.close_stdout_after, len(data))):
+            self.close_stdout_after = None
+            self.transport.closeChildFD(1)
+        for entry in list(self._wanted):
+            if entry[0] == fd and self._contains(fd, entry[1], len(data)):
+                self._wanted.remove(entry)
+                entry[2].callback(None)
+
+    def wait_for(self, text: bytes, fd: int = 1) -> Deferred:
+        """
+        Fires once stdout (or stderr, C{fd=2}) contains C{text}.
+        """
+        if text in self.received[fd]:
+            return defer.succeed(None)
         waiter = Deferred()
-        self._wanted.append((text, waiter))
-        self.childDataReceived(1, b"")
-        return support.with_timeout(waiter)
+        self._wanted.append((fd, text, waiter))
+        return wait(waiter)
 
     def processExited(self, reason) -> None:
         if self.on_exit is not None:
@@ -75,6 +101,7 @@ class _Cli(protocol.ProcessProtocol):
 
 class CliTestCase(unittest.TestCase):
     kind = "ours"
+    timeout = 3 * WAIT_SECONDS
 
     def setUp(self):
         return ensureDeferred(self._set_up())
@@ -106,7 +133,7 @@ class CliTestCase(unittest.TestCase):
 
     async def run_cli(self, *args, stdin: bytes | None = b"", env=None) -> tuple[int, bytes, bytes]:
         cli = self.spawn(list(args), stdin, env)
-        code = await support.with_timeout(cli.ended)
+        code = await wait(cli.ended)
         return code, cli.out, cli.err
 
     def path(self, name: str) -> str:
@@ -152,12 +179,12 @@ class ExecTests(CliTestCase):
         cli = self.spawn(["exec", "--", "sh", "-c", "echo ready; exec sleep 100"], stdin=None)
         await cli.wait_for(b"ready\n")
         cli.transport.signalProcess("INT")
-        self.assertEqual(await support.with_timeout(cli.ended), 130)
+        self.assertEqual(await wait(cli.ended), 130)
 
     async def test_a_closed_stdout_stops_the_child(self):
         cli = self.spawn(["exec", "--", "seq", "1", "100000000"], stdin=None,
                          close_stdout_after=b"\n")
-        self.assertEqual(await support.with_timeout(cli.ended), 141)
+        self.assertEqual(await wait(cli.ended), 141)
 
     async def test_a_missing_program_is_one_line(self):
         self.assertEqual(await self.run_cli("exec", "--", "/nonexistent/program"), (
@@ -169,7 +196,7 @@ class TerminalTests(CliTestCase):
     async def test_the_child_has_a_terminal_of_our_size(self):
         cli = self.spawn(["exec", "--tty", "--", "sh", "-c", "stty size; tty -s && echo tty"],
                          pty=self.terminal())
-        self.assertEqual(await support.with_timeout(cli.ended), 0)
+        self.assertEqual(await wait(cli.ended), 0)
         self.assertEqual(cli.out, f"{ROWS} {COLUMNS}\r\ntty\r\n".encode())
 
     async def test_keys_go_to_the_child_and_the_terminal_is_restored(self):
@@ -190,7 +217,7 @@ class TerminalTests(CliTestCase):
         cli.on_exit = exited
         await cli.wait_for(b"ready")
         cli.transport.write(b"hello\r")
-        self.assertEqual(await support.with_timeout(cli.ended), 0)
+        self.assertEqual(await wait(cli.ended), 0)
         self.assertIn(b"got:hello", cli.out, (cli.out, cli.err))
         self.assertEqual(after, [before, 0])
 
@@ -199,7 +226,7 @@ class TerminalTests(CliTestCase):
                          pty=self.terminal())
         await cli.wait_for(b"ready")
         cli.transport.write(b"\x03")
-        code = await support.with_timeout(cli.ended)
+        code = await wait(cli.ended)
         self.assertNotEqual(code, 0)
         self.assertIn(b"^C", cli.out)
 
@@ -319,7 +346,7 @@ class ServerStopTests(CliTestCase):
         await cli.wait_for(b"ready\n")
         await self.server.stop()
         # Not after the client's 25 s of trying to resume the session.
-        self.assertEqual(await support.with_timeout(cli.ended), 255)
+        self.assertEqual(await wait(cli.ended), 255)
         self.assertEqual(cli.err, f"execserver-client: exec: the server {self.server.url} "
                                   "is shutting down\n".encode())
 
