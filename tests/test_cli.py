@@ -7,9 +7,11 @@ and C{--json} form, and error lines.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
+import signal
 import struct
 import sys
 import termios
@@ -18,6 +20,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial import unittest
 
+import execserver
 from execserver import paths
 from tests import support
 
@@ -131,7 +134,7 @@ class CliTestCase(unittest.TestCase):
             reactor.spawnProcess(cli, argv[0], argv, env=environment)
         return cli
 
-    async def run_cli(self, *args, stdin: bytes | None = b"", env=None) -> tuple[int, bytes, bytes]:
+    async def run_cli(self, *args, stdin: bytes | None = None, env=None) -> tuple[int, bytes, bytes]:
         cli = self.spawn(list(args), stdin, env)
         code = await wait(cli.ended)
         return code, cli.out, cli.err
@@ -148,14 +151,17 @@ class CliTestCase(unittest.TestCase):
         return master, slave, os.ttyname(slave)
 
 
+#: What exec says when the server cannot end the command's stdin.
+STDIN_STAYS_OPEN = (
+    b"execserver-client: exec: the end of stdin is not passed on: the server cannot close "
+    b"the command's stdin (it has no process/closeStdin), so it stays open\n"
+)
+
+
 class ExecTests(CliTestCase):
     async def test_exit_code_and_separate_streams(self):
         self.assertEqual(await self.run_cli("exec", "--", "sh", "-c", "echo out; echo err >&2; exit 3"),
                          (3, b"out\n", b"err\n"))
-
-    async def test_stdin_is_forwarded(self):
-        self.assertEqual(await self.run_cli("exec", "--", "head", "-c", "11", stdin=b"hello world"),
-                         (0, b"hello world", b""))
 
     async def test_an_empty_stdin_reads_as_end_of_file(self):
         self.assertEqual(await self.run_cli("exec", "--", "cat", stdin=None), (0, b"", b""))
@@ -190,6 +196,38 @@ class ExecTests(CliTestCase):
         self.assertEqual(await self.run_cli("exec", "--", "/nonexistent/program"), (
             255, b"", b"execserver-client: exec: could not start /nonexistent/program: "
                       b"No such file or directory (os error 2)\n"))
+
+    async def test_a_missing_working_directory_is_named(self):
+        missing = self.path("missing")
+        for options in ([], ["--tty"]):
+            self.assertEqual(await self.run_cli("exec", *options, "--cwd", missing, "--", "true"), (
+                255, b"", f"execserver-client: exec: working directory {missing} "
+                          "does not exist\n".encode()))
+
+    async def test_a_working_directory_that_is_a_file(self):
+        open(self.path("file"), "w").close()
+        self.assertEqual(await self.run_cli("exec", "--cwd", self.path("file"), "--", "true"), (
+            255, b"", f"execserver-client: exec: working directory {self.path('file')} "
+                      "is not a directory\n".encode()))
+
+    async def test_json_events(self):
+        code, out, err = await self.run_cli(
+            "exec", "--json", "--", "sh", "-c", r"printf 'out\377'; echo err >&2; exit 3")
+        events = [json.loads(line) for line in out.splitlines()]
+        streams = {}
+        for event in events[:-1]:
+            self.assertEqual(set(event), {"stream", "dataBase64"})
+            streams[event["stream"]] = streams.get(event["stream"], b"") + base64.b64decode(
+                event["dataBase64"])
+        self.assertEqual((code, streams, events[-1], err),
+                         (3, {"stdout": b"out\xff", "stderr": b"err\n"}, {"exitCode": 3}, b""))
+
+    async def test_json_error(self):
+        code, out, err = await self.run_cli("exec", "--json", "--", "/nonexistent/program")
+        message = "could not start /nonexistent/program: No such file or directory (os error 2)"
+        self.assertEqual((code, out.count(b"\n"), json.loads(out), err), (
+            255, 1, {"error": {"message": message, "code": -32603}},
+            f"execserver-client: exec: {message}\n".encode()))
 
 
 class TerminalTests(CliTestCase):
@@ -338,6 +376,50 @@ class UrlTests(CliTestCase):
                     b"Connection refused\n"))
         code, out, err = await self.run_cli("--url", "ws://127.0.0.1:1", "exec", "--", "true")
         self.assertEqual(code, 255)
+
+
+class StdinEndTests(CliTestCase):
+    """
+    The end of piped stdin reaches the command (process/closeStdin).
+    """
+
+    async def test_stdin_is_forwarded_to_its_end(self):
+        self.assertEqual(await self.run_cli("exec", "--", "wc", "-l", stdin=b"a\nb\n"),
+                         (0, b"2\n", b""))
+
+    async def test_a_script_on_stdin(self):
+        self.assertEqual(await self.run_cli("exec", "--", "sh", "-s", stdin=b"echo one\necho two\n"),
+                         (0, b"one\ntwo\n", b""))
+
+    async def test_large_input_arrives_whole_before_the_end(self):
+        data = os.urandom(3 * 1024 * 1024 + 1)
+        self.assertEqual(await self.run_cli("exec", "--", "wc", "-c", stdin=data),
+                         (0, b"%d\n" % len(data), b""))
+
+    async def test_an_empty_stdin(self):
+        self.assertEqual(await self.run_cli("exec", "--", "wc", "-c", stdin=b""), (0, b"0\n", b""))
+
+
+class ReferenceStdinEndTests(CliTestCase):
+    kind = "reference"
+
+    async def test_the_server_cannot_close_stdin_and_exec_says_so(self):
+        cli = self.spawn(["exec", "--", "sh", "-c", "read x; echo got:$x; cat"], stdin=b"a\nb\n")
+        await cli.wait_for(b"got:a\nb\n")
+        await cli.wait_for(STDIN_STAYS_OPEN, fd=2)
+        # cat waits for the end of its input for ever: stop it.
+        cli.transport.signalProcess("TERM")
+        self.assertEqual(await wait(cli.ended), 128 + signal.SIGKILL)
+        self.assertEqual(cli.err, STDIN_STAYS_OPEN)
+
+
+class VersionTests(unittest.TestCase):
+    async def test_version(self):
+        cli = _Cli(None)
+        argv = [sys.executable, "-m", "execserver.client.cli", "--version"]
+        reactor.spawnProcess(cli, argv[0], argv, env=support.server_environment())
+        self.assertEqual(await wait(cli.ended), 0)
+        self.assertEqual((cli.out, cli.err), (f"execserver-client {execserver.__version__}\n".encode(), b""))
 
 
 class ServerStopTests(CliTestCase):

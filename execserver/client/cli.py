@@ -1,7 +1,7 @@
 """
 The C{execserver-client} command line.
 
-    execserver-client [--url ws://HOST:PORT] exec [--tty] [--cwd DIR] [--env K=V]... -- CMD [ARGS...]
+    execserver-client [--url ws://HOST:PORT] [--json] exec [--tty] [--cwd DIR] [--env K=V]... -- CMD [ARGS...]
     execserver-client [--url ...] [--json] cat PATH
     execserver-client [--url ...] [--json] put PATH        (stdin -> file)
     execserver-client [--url ...] [--json] ls PATH
@@ -12,10 +12,11 @@ C{--url} defaults to C{$EXECSERVER_URL}. Paths are on the server's host;
 relative ones are taken from the server's working directory, C{file:} URIs
 are used as they are.
 
-C{exec} exits with the child's exit code. Errors are one line on stderr
-(and, with C{--json}, an C{{"error": ...}} object on stdout), with exit
-status L{EXIT_FAILURE} for file and info commands and L{EXIT_CLIENT_ERROR}
-when C{exec} could not run or follow the command.
+C{exec} exits with the child's exit code; with C{--json} it writes its
+output as JSON lines instead (L{_JsonExecReceiver}). Errors are one line on
+stderr (and, with C{--json}, an C{{"error": ...}} object on stdout), with
+exit status L{EXIT_FAILURE} for file and info commands and
+L{EXIT_CLIENT_ERROR} when C{exec} could not run or follow the command.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from execserver import paths
+import execserver
+from execserver import paths, rpc
 from execserver.client.connectors import WebSocketConnector
 from execserver.client.core import ExecServerClient
 from execserver.client.errors import ClientError, RemoteError
-from execserver.client.process import IProcessReceiver
+from execserver.client.process import RUNNING, IProcessReceiver
 from execserver.client.terminal import InputReader, OutputWriter, RawTerminal
 
 PROG = "execserver-client"
@@ -66,6 +68,12 @@ PUT_READ_AHEAD_BYTES = 1024 * 1024
 #: command ends.
 CTRL_D = b"\x04"
 
+#: Said once when the end of our stdin cannot reach a command.
+STDIN_STAYS_OPEN = (
+    f"{PROG}: exec: the end of stdin is not passed on: the server cannot close the "
+    "command's stdin (it has no process/closeStdin), so it stays open\n"
+)
+
 
 class CommandError(Exception):
     """
@@ -88,10 +96,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--url", default=os.environ.get(URL_VARIABLE),
                         help=f"server URL, ws://HOST:PORT (default: ${URL_VARIABLE})")
+    parser.add_argument("--version", action="version",
+                        version=f"{PROG} {execserver.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = commands.add_parser("exec", parents=[common], help="run a command",
-                              description="Run a command; exit with its exit code.")
+    run = commands.add_parser(
+        "exec", parents=[common], help="run a command",
+        description="Run a command; exit with its exit code. With --json, its output "
+                    'is written as JSON lines, {"stream": "stdout", "dataBase64": ...}, '
+                    'and the last line is {"exitCode": N}.',
+    )
     run.add_argument("--tty", action="store_true",
                      help="run under a terminal; our terminal goes raw")
     run.add_argument("--cwd", help="working directory (default: the server's)")
@@ -198,11 +212,12 @@ def _report(arguments, label: str, message: str, code: int | None) -> None:
         error: dict[str, Any] = {"message": message}
         if code is not None:
             error["code"] = code
-        _print_json({"error": error})
+        # exec's output is JSON lines: its error is one more line.
+        _print_json({"error": error}, indent=None if arguments.command == "exec" else 2)
 
 
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+def _print_json(value: Any, indent: int | None = 2) -> None:
+    sys.stdout.write(json.dumps(value, indent=indent) + "\n")
     sys.stdout.flush()
 
 
@@ -262,6 +277,24 @@ class _ExecReceiver:
             self.handle.resumeProducing()
 
 
+class _JsonExecReceiver(_ExecReceiver):
+    """
+    exec --json: every chunk of output, whatever its stream, is one JSON
+    line on our stdout, C{{"stream": "stdout", "dataBase64": "..."}}
+    (C{stdout}, C{stderr}, or C{pty} under a terminal); base64 because
+    output is bytes, and chunks may split characters.
+    """
+
+    def outputReceived(self, stream: str, data: bytes) -> None:
+        self.writers["stdout"].write(b"".join((
+            b'{"stream":"', stream.encode("ascii"), b'","dataBase64":"',
+            pybase64.b64encode(data), b'"}\n',
+        )))
+
+    def finished(self, exit_code: int) -> None:
+        self.writers["stdout"].write(json.dumps({"exitCode": exit_code}).encode() + b"\n")
+
+
 class _WriterPauses:
     def __init__(self, receiver: _ExecReceiver, writer: OutputWriter) -> None:
         self.receiver = receiver
@@ -280,8 +313,10 @@ class _WriterPauses:
 class _StdinForwarder:
     """
     Forwards our stdin to the child with at most L{MAX_WRITES_IN_FLIGHT}
-    writes pending. The protocol cannot close a child's stdin; at the end
-    of ours a terminal child gets Ctrl-D, a pipe child nothing.
+    writes pending. At the end of ours, a terminal child gets Ctrl-D; a
+    pipe child's stdin is closed (C{process/closeStdin}, after the writes
+    sent before it), or, if the server cannot do that (the reference),
+    stays open, which we say once on stderr.
     """
 
     def __init__(self, reactor, handle, tty: bool) -> None:
@@ -302,6 +337,16 @@ class _StdinForwarder:
         if self.tty:
             # Ctrl-D ends a partial line first, then signals end of file.
             self._write(CTRL_D if self.last_byte in (b"\n", b"\r") else CTRL_D + CTRL_D)
+        else:
+            self.handle.close_stdin().addErrback(self._not_closed)
+
+    def _not_closed(self, reason: Failure) -> None:
+        error = reason.value
+        if (isinstance(error, RemoteError) and error.code == rpc.METHOD_NOT_FOUND
+                and self.handle.state is RUNNING):
+            sys.stderr.write(STDIN_STAYS_OPEN)
+            sys.stderr.flush()
+        # Anything else is the handle's failure too, which exec reports.
 
     def _write(self, data: bytes) -> None:
         self.in_flight += 1
@@ -355,7 +400,7 @@ async def _exec(reactor, client: ExecServerClient, arguments: argparse.Namespace
         if os.isatty(0):
             argv = _window_wrapper(argv)
     forward_stdin = not arguments.no_stdin and (tty or not _stdin_is_null())
-    cwd = _resolve(client, arguments.cwd) if arguments.cwd else None
+    cwd = await _working_directory(client, arguments.cwd) if arguments.cwd else None
     broken: list[OSError] = []
 
     def stdout_broken(error: OSError) -> None:
@@ -366,7 +411,7 @@ async def _exec(reactor, client: ExecServerClient, arguments: argparse.Namespace
 
     stdout = OutputWriter(reactor, 1, stdout_broken)
     stderr = OutputWriter(reactor, 2)
-    receiver = _ExecReceiver(stdout, stderr)
+    receiver = (_JsonExecReceiver if arguments.json else _ExecReceiver)(stdout, stderr)
     terminal = None
     forwarder = None
     previous_handlers = {}
@@ -398,6 +443,8 @@ async def _exec(reactor, client: ExecServerClient, arguments: argparse.Namespace
             forwarder = _StdinForwarder(reactor, handle, tty)
             forwarder.start()
         exit_code = await handle.when_closed()
+        if arguments.json:
+            receiver.finished(exit_code)
         await stdout.drained()
         await stderr.drained()
         if broken:
@@ -413,6 +460,29 @@ async def _exec(reactor, client: ExecServerClient, arguments: argparse.Namespace
         # Last set, first restored: on a terminal all three share one mode.
         stderr.restore()
         stdout.restore()
+
+
+async def _working_directory(client: ExecServerClient, path: str) -> str:
+    """
+    The URI of exec's C{--cwd}, once the server says it is a directory.
+
+    Both servers report a missing working directory as the command's spawn
+    error (C{No such file or directory}, as for a missing program), and the
+    reference runs a terminal command in the home directory instead; so we
+    ask first.
+    """
+    uri = _resolve(client, path)
+    try:
+        metadata = await client.fs.get_metadata(uri)
+    except RemoteError as e:
+        if e.code == rpc.NOT_FOUND:
+            raise CommandError(f"working directory {path} does not exist", EXIT_CLIENT_ERROR,
+                               e.code) from None
+        raise CommandError(f"working directory {path}: {e.message}", EXIT_CLIENT_ERROR,
+                           e.code) from None
+    if not metadata.is_directory:
+        raise CommandError(f"working directory {path} is not a directory", EXIT_CLIENT_ERROR)
+    return uri
 
 
 def _forward(receiver: "_ExecReceiver", request_name: str) -> None:
