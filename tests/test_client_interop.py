@@ -25,6 +25,7 @@ from execserver.client import (
     IConnector,
     OutputLost,
     RemoteError,
+    ServerGoingAway,
     StartNotApplied,
     StdioConnector,
     WebSocketConnector,
@@ -189,6 +190,25 @@ class ClientScenarios:
         sleeper = await self.client.start_process(["sleep", "100"], env=ENV)
         self.assertTrue(await sleeper.terminate())
         self.assertEqual(await support.with_timeout(sleeper.when_closed()), 137)
+
+    async def test_closing_stdin(self):
+        """
+        process/closeStdin is our extension: the reference does not know it.
+        """
+        handle = await self.client.start_process(["sh", "-c", "cat; echo end"], env=ENV,
+                                                 pipe_stdin=True)
+        await handle.write(b"hello\n")
+        if self.kind == "reference":
+            with self.assertRaises(RemoteError) as caught:
+                await handle.close_stdin()
+            self.assertEqual((caught.exception.code, caught.exception.message), (
+                -32601, "exec-server stub does not implement `process/closeStdin` yet"))
+            await handle.terminate()
+            self.assertEqual(await support.with_timeout(handle.when_closed()), 137)
+        else:
+            self.assertIsNone(await handle.close_stdin())
+            self.assertEqual(await support.with_timeout(handle.when_closed()), 0)
+            self.assertEqual(handle.receiver.output(), b"hello\nend\n")
 
     async def test_a_failed_start_names_the_error(self):
         with self.assertRaises(RemoteError) as caught:
@@ -363,6 +383,16 @@ class ClientScenarios:
 
 class OursTests(ClientScenarios, unittest.TestCase):
     kind = "ours"
+
+    async def test_a_server_that_stops_fails_everything_at_once(self):
+        # The reference drops its connections without a word, so a client
+        # of it tries to resume for RECOVERY_SECONDS instead.
+        handle = await self.client.start_process(["sleep", "100"], env=ENV)
+        await self.server.stop()
+        with self.assertRaises(ServerGoingAway) as caught:
+            await support.with_timeout(handle.when_closed())
+        self.assertEqual(str(caught.exception), f"the server {self.server.url} is shutting down")
+        self.assertEqual(self.client.state, "failed")
 
 
 class ReferenceTests(ClientScenarios, unittest.TestCase):
