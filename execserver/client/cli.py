@@ -212,13 +212,21 @@ def _report(arguments, label: str, message: str, code: int | None) -> None:
         error: dict[str, Any] = {"message": message}
         if code is not None:
             error["code"] = code
-        # exec's output is JSON lines: its error is one more line.
-        _print_json({"error": error}, indent=None if arguments.command == "exec" else 2)
+        if arguments.command == "exec":
+            # exec's output is JSON lines: its error is one more line.
+            sys.stdout.write(_json_line({"error": error}).decode())
+            sys.stdout.flush()
+        else:
+            _print_json({"error": error})
 
 
-def _print_json(value: Any, indent: int | None = 2) -> None:
-    sys.stdout.write(json.dumps(value, indent=indent) + "\n")
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
     sys.stdout.flush()
+
+
+def _json_line(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
 
 
 def _resolve(client: ExecServerClient, path: str) -> str:
@@ -292,7 +300,7 @@ class _JsonExecReceiver(_ExecReceiver):
         )))
 
     def finished(self, exit_code: int) -> None:
-        self.writers["stdout"].write(json.dumps({"exitCode": exit_code}).encode() + b"\n")
+        self.writers["stdout"].write(_json_line({"exitCode": exit_code}))
 
 
 class _WriterPauses:
