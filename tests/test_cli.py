@@ -427,7 +427,8 @@ class ServerStopTests(CliTestCase):
         cli = self.spawn(["exec", "--", "sh", "-c", "echo ready; exec sleep 100"], stdin=None)
         await cli.wait_for(b"ready\n")
         await self.server.stop()
-        # Not after the client's 25 s of trying to resume the session.
+        # The message says the client did not try to resume (that would
+        # end after 25 s with "could not resume session ...").
         self.assertEqual(await wait(cli.ended), 255)
         self.assertEqual(cli.err, f"execserver-client: exec: the server {self.server.url} "
                                   "is shutting down\n".encode())
