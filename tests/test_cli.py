@@ -370,6 +370,22 @@ class UrlTests(CliTestCase):
         self.assertEqual(await self.run_cli("info", env=self.environment(url=False)), (
             2, b"", b"execserver-client: error: no server URL: give --url or set $EXECSERVER_URL\n"))
 
+    async def test_an_error_nobody_reads_still_ends_the_command(self):
+        # Our stderr is a pipe whose reader has gone: the error line cannot
+        # be written, and the command line must still exit.
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        null = os.open(os.devnull, os.O_RDONLY)
+        cli = _Cli(None)
+        argv = [sys.executable, "-m", "execserver.client.cli", "--url", "ws://127.0.0.1:1", "info"]
+        try:
+            reactor.spawnProcess(cli, argv[0], argv, env=self.environment(),
+                                 childFDs={0: null, 1: "r", 2: write_end})
+        finally:
+            os.close(write_end)
+            os.close(null)
+        self.assertEqual(await wait(cli.ended), 1)
+
     async def test_an_unreachable_server_is_one_line(self):
         self.assertEqual(await self.run_cli("--url", "ws://127.0.0.1:1", "info"), (
             1, b"", b"execserver-client: info: could not connect to ws://127.0.0.1:1: "

@@ -152,14 +152,13 @@ def main(argv: list[str] | None = None) -> None:
         ensureDeferred(_run(reactor, arguments)).addBoth(finish)
 
     def finish(result: Any) -> None:
-        if isinstance(result, Failure):
-            sys.stderr.write(f"{PROG}: internal error: {result.getErrorMessage()}\n")
-            result.printTraceback(file=sys.stderr)
-            status.append(EXIT_CLIENT_ERROR)
-        else:
-            status.append(result)
+        # The status first: whatever happens while reporting, we exit.
+        status.append(EXIT_CLIENT_ERROR if isinstance(result, Failure) else result)
         if reactor.running and len(status) == 1:
             reactor.stop()
+        if isinstance(result, Failure):
+            _say(sys.stderr, f"{PROG}: internal error: {result.getErrorMessage()}\n"
+                             f"{result.getTraceback()}")
 
     def interrupted(signum, frame) -> None:
         # Until a command says otherwise (exec forwards it), Ctrl-C stops us.
@@ -205,19 +204,32 @@ def _label(arguments: argparse.Namespace) -> str:
     return arguments.command
 
 
+def _say(stream, text: str) -> None:
+    """
+    Write a message for whoever reads C{stream}; if nobody does any more
+    (a closed pipe), there is nobody to tell, and we go on to exit.
+    """
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError:
+        # What is still buffered goes nowhere, so that flushing it at exit
+        # does not fail (and turn our exit status into 120).
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
+
+
 def _report(arguments, label: str, message: str, code: int | None) -> None:
-    sys.stderr.write(f"{PROG}: {label}: {message}\n")
-    sys.stderr.flush()
+    _say(sys.stderr, f"{PROG}: {label}: {message}\n")
     if arguments.json:
         error: dict[str, Any] = {"message": message}
         if code is not None:
             error["code"] = code
-        if arguments.command == "exec":
-            # exec's output is JSON lines: its error is one more line.
-            sys.stdout.write(_json_line({"error": error}).decode())
-            sys.stdout.flush()
-        else:
-            _print_json({"error": error})
+        # exec's output is JSON lines: its error is one more line.
+        text = (_json_line({"error": error}).decode() if arguments.command == "exec"
+                else json.dumps({"error": error}, indent=2) + "\n")
+        _say(sys.stdout, text)
 
 
 def _print_json(value: Any) -> None:
@@ -352,8 +364,7 @@ class _StdinForwarder:
         error = reason.value
         if (isinstance(error, RemoteError) and error.code == rpc.METHOD_NOT_FOUND
                 and self.handle.state is RUNNING):
-            sys.stderr.write(STDIN_STAYS_OPEN)
-            sys.stderr.flush()
+            _say(sys.stderr, STDIN_STAYS_OPEN)
         # Anything else is the handle's failure too, which exec reports.
 
     def _write(self, data: bytes) -> None:
