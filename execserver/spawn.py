@@ -7,7 +7,8 @@ observed through a pidfd, which becomes readable exactly when the child
 exits and lets us reap it without SIGCHLD handlers or races with other
 reapers. Pipe-mode children are started with C{subprocess}'s C{vfork} path,
 which is much cheaper than forking a large Python process; PTY children need
-a controlling terminal, which only code running in the child can set up.
+a controlling terminal, which only code running in the child can set up (as
+do pipe children that must not inherit a signal the server ignores).
 """
 
 from __future__ import annotations
@@ -40,6 +41,17 @@ PTY_COLUMNS = 80
 #: then, so the terminal ends with its session (as in the reference).
 PTY_LINGER_SECONDS = 0.2
 
+#: Signals a pipe child gets back with their default action when the server
+#: itself was started with them ignored (as C{nohup} or a shell's C{&} start
+#: it). The reference handles these itself, and exec resets handled signals.
+PIPE_DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
+
+#: The same under a terminal, where the reference resets these in the child,
+#: so that Ctrl-C and a hangup reach the program.
+PTY_DEFAULT_SIGNALS = (
+    signal.SIGCHLD, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGALRM,
+)
+
 
 @dataclass(frozen=True)
 class ChildSpec:
@@ -68,7 +80,32 @@ def exit_code_from_status(returncode: int) -> int:
     return returncode
 
 
-def _acquire_controlling_terminal() -> None:
+def _ignored(signals: tuple[signal.Signals, ...]) -> tuple[signal.Signals, ...]:
+    """
+    Those of C{signals} this server ignores, and so its children would too.
+    """
+    return tuple(signum for signum in signals if signal.getsignal(signum) == signal.SIG_IGN)
+
+
+def _defaults_restorer(signals: tuple[signal.Signals, ...]):
+    """
+    Code for the child, before exec, that gives C{signals} their default
+    action; None when none of them is ignored, so that the child can be
+    started with the cheaper vfork.
+    """
+    if not signals:
+        return None
+
+    def restore() -> None:
+        for signum in signals:
+            signal.signal(signum, signal.SIG_DFL)
+
+    return restore
+
+
+def _start_terminal_session() -> None:
+    for signum in PTY_DEFAULT_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -315,7 +352,8 @@ class Child:
         else:
             in_read, in_write = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
         try:
-            self._spawn(in_read, out_write, err_write)
+            self._spawn(in_read, out_write, err_write,
+                        preexec_fn=_defaults_restorer(_ignored(PIPE_DEFAULT_SIGNALS)))
         except BaseException:
             for fd in (out_read, err_read, in_write):
                 if fd >= 0:
@@ -339,7 +377,7 @@ class Child:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", PTY_ROWS, PTY_COLUMNS, 0, 0))
         os.set_inheritable(master, False)
         try:
-            self._spawn(slave, slave, slave, preexec_fn=_acquire_controlling_terminal)
+            self._spawn(slave, slave, slave, preexec_fn=_start_terminal_session)
         except BaseException:
             os.close(master)
             raise

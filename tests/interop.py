@@ -235,14 +235,17 @@ def aggregate(events: list[dict]) -> dict:
 Scenario = Callable[[Peer], Awaitable[None]]
 
 
-async def run_against(kind: str, scenario: Scenario, args=(), env=None) -> list:
+async def run_against(kind: str, scenario: Scenario, args=(), env=None,
+                      ignored_signals=()) -> list:
     """
     Run C{scenario} against a fresh server of C{kind}, started in a working
-    directory of its own (the transcript calls it C{<workdir>}).
+    directory of its own (the transcript calls it C{<workdir>}) with
+    C{ignored_signals} ignored.
     """
     workdir = tempfile.mkdtemp(prefix=f"execserver-interop-{kind}-")
     workdir = os.path.realpath(workdir)
-    server = await support.start_server(kind, list(args), env=env, cwd=workdir)
+    server = await support.start_server(kind, list(args), env=env, cwd=workdir,
+                                        ignored_signals=ignored_signals)
     transcript: list = []
     connections: list = []
     try:
@@ -269,11 +272,11 @@ class InteropTestCase(unittest.TestCase):
 
     timeout = 120
 
-    async def compare(self, scenario: Scenario, args=(), env=None) -> list:
+    async def compare(self, scenario: Scenario, args=(), env=None, ignored_signals=()) -> list:
         # Both runs finish (and clean up) before either failure is reported.
         results = await DeferredList([
-            ensureDeferred(run_against("reference", scenario, args, env)),
-            ensureDeferred(run_against("ours", scenario, args, env)),
+            ensureDeferred(run_against(kind, scenario, args, env, ignored_signals))
+            for kind in ("reference", "ours")
         ], consumeErrors=True)
         for kind, (succeeded, result) in zip(("reference", "ours"), results):
             if not succeeded:
@@ -287,14 +290,14 @@ class InteropTestCase(unittest.TestCase):
         return ours
 
 
-def interop(scenario: Scenario, args=(), env=None):
+def interop(scenario: Scenario, args=(), env=None, ignored_signals=()):
     """
-    Make a test method that runs C{scenario} against both servers and
-    compares the transcripts.
+    Make a test method that runs C{scenario} against both servers (started
+    with C{ignored_signals} ignored) and compares the transcripts.
     """
 
     def test(self):
-        return ensureDeferred(self.compare(scenario, args, env))
+        return ensureDeferred(self.compare(scenario, args, env, ignored_signals))
 
     test.__doc__ = scenario.__doc__
     return test

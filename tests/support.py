@@ -12,8 +12,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.defer import Deferred
@@ -120,25 +121,65 @@ def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def server_argv(kind: str, listen: str, args: Sequence[str] = ()) -> list[str]:
+    """
+    The command that runs C{kind} ("ours" or "reference") listening on
+    C{listen}: C{ws://127.0.0.1:0} or C{stdio}.
+    """
+    if kind == "reference":
+        return [reference_binary(), "exec-server", "--listen", listen, *args]
+    if listen == "stdio":
+        where = ["--listen", "stdio"]
+    else:
+        where = ["--port", str(urllib.parse.urlsplit(listen).port)]
+    return [
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+        "-n", "--pidfile=", "execserver", *where, *args,
+    ]
+
+
+#: Run by L{ignoring_signals}: undo what Python ignores at its start, ignore
+#: the signals numbered in argv[1], then exec the rest of argv.
+_IGNORE_AND_EXEC = (
+    "import os, signal, sys\n"
+    "signal.signal(signal.SIGPIPE, signal.SIG_DFL)\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"
+    "for number in sys.argv[1].split(','):\n"
+    "    signal.signal(int(number), signal.SIG_IGN)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def ignoring_signals(argv: Sequence[str], signals: Iterable[int]) -> list[str]:
+    """
+    C{argv} started with C{signals} ignored, as C{nohup} (SIGHUP) or a
+    shell's C{&} (SIGINT, SIGQUIT) start a program.
+    """
+    numbers = ",".join(str(int(number)) for number in signals)
+    if not numbers:
+        return list(argv)
+    return [sys.executable, "-c", _IGNORE_AND_EXEC, numbers, *argv]
+
+
 async def start_server(
     kind: str,
     args: list[str] = (),
     env: dict[str, str] | None = None,
     cwd: str | None = None,
+    home: str | None = None,
+    ignored_signals: Iterable[int] = (),
 ) -> RunningServer:
     """
-    Start C{kind} ("ours" or "reference") listening on an ephemeral port.
+    Start C{kind} ("ours" or "reference") listening on an ephemeral port,
+    with C{ignored_signals} ignored from the start. The reference's
+    C{CODEX_HOME} is C{home} (a new directory if not given).
     """
-    home = tempfile.mkdtemp(prefix="execserver-test-home-")
+    if home is None:
+        home = tempfile.mkdtemp(prefix="execserver-test-home-")
     full_env = server_environment(env)
     if kind == "reference":
         full_env["CODEX_HOME"] = home
-        argv = [reference_binary(), "exec-server", "--listen", "ws://127.0.0.1:0", *args]
-    else:
-        argv = [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "execserver", "--port", "0", *args,
-        ]
+    argv = ignoring_signals(server_argv(kind, "ws://127.0.0.1:0", args), ignored_signals)
     proto = _ServerProcess()
     process = reactor.spawnProcess(proto, argv[0], argv, env=full_env, path=cwd or home)
     try:

@@ -6,6 +6,7 @@ are specified in tests/test_process.py.
 """
 
 import base64
+import signal
 
 from tests.interop import InteropTestCase, interop, run_against
 
@@ -252,6 +253,19 @@ async def pty(peer):
     await peer.process_events("eof")
 
 
+async def inherited_dispositions(peer):
+    """
+    A server started with signals ignored (nohup, a shell's C{&}) gives its
+    children some of them back: under a terminal SIGHUP, SIGINT and SIGQUIT
+    (so Ctrl-C interrupts), in pipe mode SIGINT only.
+    """
+    await peer.handshake()
+    script = "grep -E '^Sig(Ign|Blk)' /proc/self/status"
+    for tty in (False, True):
+        await peer.call("process/start", start(f"tty={tty}", ["/bin/sh", "-c", script], tty=tty))
+        await peer.process_events(f"tty={tty}")
+
+
 async def resume_session(peer):
     await peer.handshake()
     await peer.call("process/start", start("s", ["/bin/sh", "-c", "read x; echo after:$x"], pipeStdin=True))
@@ -279,6 +293,10 @@ class StartTests(InteropTestCase):
     test_environment_and_arguments = interop(environment_and_arguments)
     test_grandchild_holds_output = interop(grandchild_holds_output)
     test_pty = interop(pty)
+    test_inherited_dispositions = interop(
+        inherited_dispositions,
+        ignored_signals=(signal.SIGHUP, signal.SIGINT, signal.SIGQUIT),
+    )
 
 
 class ReadWriteTests(InteropTestCase):
