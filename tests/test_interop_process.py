@@ -218,8 +218,8 @@ async def write_statuses(peer):
 async def signals_and_terminate(peer):
     await peer.handshake()
     await peer.call("process/start", start("sg", ["/bin/sleep", "100"]))
-    for signal in ("INT", "SIGINT", "Interrupt", "", None, 2, {}, ["interrupt"], {"interrupt": None}):
-        await peer.call("process/signal", {"processId": "sg", "signal": signal}, label=f"signal {signal!r}")
+    for name in ("INT", "SIGINT", "Interrupt", "", None, 2, {}, ["interrupt"], {"interrupt": None}):
+        await peer.call("process/signal", {"processId": "sg", "signal": name}, label=f"signal {name!r}")
     await peer.process_events("sg")
     await peer.call("process/signal", {"processId": "nope", "signal": "interrupt"}, label="unknown")
     await peer.call("process/signal", {"processId": "nope", "signal": "bogus"}, label="enum first")
