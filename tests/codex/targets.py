@@ -1,0 +1,165 @@
+"""
+Targets: which exec-server codex runs its tools through, and how it
+reaches it.
+
+A L{Target} is a server (the reference or ours), a connection (how codex
+finds the server) and options (codex configuration, server arguments,
+signals the server starts with ignored). A new configuration of the suite
+is a new target: a new option value, or a new L{Connection} class whose
+C{attach} starts what it needs and tells codex where to go.
+
+Codex learns about an exec-server in two ways:
+
+  - C{CODEX_EXEC_SERVER_URL=ws://...} in its environment (L{WebSocketURL});
+  - C{$CODEX_HOME/environments.toml}, whose C{[[environments]]} tables have
+    an C{id} and either C{program}/C{args}/C{env} (codex spawns the server and
+    speaks to it over stdio, L{StdioProgram}) or C{url} with an optional
+    C{auth_bearer_token}; top-level C{default} names the one to use and
+    C{include_local = false} keeps codex from running tools itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping, Protocol
+
+from tests import support
+
+#: The id of the environment codex is told to use.
+ENVIRONMENT_ID = "e2e"
+
+
+@dataclass(frozen=True)
+class Server:
+    """
+    An implementation of the exec-server, as L{tests.support} names it.
+    """
+
+    kind: str
+
+    def argv(self, listen: str, args: tuple[str, ...] = ()) -> list[str]:
+        return support.server_argv(self.kind, listen, args)
+
+
+REFERENCE = Server("reference")
+OURS = Server("ours")
+
+
+@dataclass(frozen=True)
+class RunDirectories:
+    """
+    The directories of one codex run, all below C{scratch}.
+    """
+
+    scratch: str
+    #: codex's C{CODEX_HOME}
+    home: str
+    #: where codex runs and the scenario's files are
+    workdir: str
+    #: the C{CODEX_HOME} of a server that the suite starts itself
+    server_home: str
+
+
+@dataclass
+class Attachment:
+    """
+    What codex needs to reach a server: variables for its environment and
+    C{[[environments]]} tables; C{close} stops what C{attach} started.
+    """
+
+    env: dict[str, str] = field(default_factory=dict)
+    environments: list[dict[str, Any]] = field(default_factory=list)
+    close: Callable[[], Awaitable[None]] | None = None
+
+
+class Connection(Protocol):
+    name: str
+
+    async def attach(self, target: "Target", directories: RunDirectories) -> Attachment:
+        """
+        Start what codex connects to, and say how it connects.
+        """
+
+
+class WebSocketURL:
+    """
+    The suite starts the server on a loopback port and hands codex its URL
+    in C{CODEX_EXEC_SERVER_URL}.
+    """
+
+    name = "ws"
+
+    async def attach(self, target: "Target", directories: RunDirectories) -> Attachment:
+        server = await support.start_server(
+            target.server.kind,
+            list(target.server_args),
+            cwd=directories.workdir,
+            home=directories.server_home,
+            ignored_signals=target.ignored_signals,
+        )
+        return Attachment(env={"CODEX_EXEC_SERVER_URL": server.url}, close=server.stop)
+
+
+class StdioProgram:
+    """
+    Codex spawns the server from C{environments.toml} and speaks to it over
+    its stdin and stdout; the server ends when codex closes its stdin.
+    """
+
+    name = "stdio"
+
+    async def attach(self, target: "Target", directories: RunDirectories) -> Attachment:
+        argv = support.ignoring_signals(
+            target.server.argv("stdio", target.server_args), target.ignored_signals
+        )
+        environment = {
+            "id": ENVIRONMENT_ID,
+            "program": argv[0],
+            "args": argv[1:],
+            # Added to codex's own environment, which the server inherits.
+            "env": {"PYTHONPATH": str(support.PROJECT_ROOT)},
+        }
+        return Attachment(environments=[environment])
+
+
+WEBSOCKET = WebSocketURL()
+STDIO = StdioProgram()
+
+
+@dataclass(frozen=True)
+class Target:
+    """
+    One way of running codex's tools through an exec-server.
+
+    @ivar codex_config: top-level C{config.toml} settings over the suite's
+        defaults (e.g. C{{"sandbox_mode": "workspace-write"}}).
+    @ivar server_args: extra command-line arguments of the server.
+    @ivar ignored_signals: signals the server starts with ignored.
+    @ivar variant: names the options in test output; empty for the defaults.
+    """
+
+    server: Server
+    connection: Connection
+    codex_config: Mapping[str, Any] = field(default_factory=dict)
+    server_args: tuple[str, ...] = ()
+    ignored_signals: tuple[int, ...] = ()
+    variant: str = ""
+
+    @property
+    def name(self) -> str:
+        return "-".join(filter(None, (self.server.kind, self.connection.name, self.variant)))
+
+    def on(self, server: Server) -> "Target":
+        """
+        The same configuration with another server.
+        """
+        return dataclasses.replace(self, server=server)
+
+
+def pair(connection: Connection, **options: Any) -> tuple[Target, Target]:
+    """
+    The reference and our server, configured alike: what the suite compares.
+    """
+    reference = Target(REFERENCE, connection, **options)
+    return reference, reference.on(OURS)

@@ -1,0 +1,88 @@
+"""
+End to end: the real codex CLI runs its tools through the reference
+exec-server and through ours, over WebSocket and over stdio, with a scripted
+model; what codex reports to the model must be the same, up to what is
+random by nature and the documented differences (docs/compatibility.md).
+
+See tests/codex/ for the harness and docs/codex-e2e.md for what codex does.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from twisted.internet.defer import ensureDeferred
+from twisted.trial import unittest
+
+from tests.codex import scenarios, targets
+from tests.codex.compare import differences
+from tests.codex.runner import run_codex
+from tests.codex.scenario import Scenario
+from tests.codex.targets import Connection
+
+
+class CodexTestCase(unittest.TestCase):
+    """
+    Tests that run a scenario through the reference and through our server.
+    """
+
+    timeout = 300
+
+    async def compare(self, scenario: Scenario, connection: Connection, **options) -> None:
+        reference_target, our_target = targets.pair(connection, **options)
+        # One after the other: the scenarios wait for output with deadlines,
+        # and the machine has few cores.
+        reference = await run_codex(scenario, reference_target)
+        ours = await run_codex(scenario, our_target)
+        problems = [run.diagnosis() for run in (reference, ours) if run.problems()]
+        if problems:
+            self.fail("\n\n".join(problems))
+        found = differences(reference, ours)
+        if found:
+            self.fail(f"{scenario.name}: codex reported other tool outputs through our server:\n"
+                      + "\n".join(found))
+
+
+def compared(scenario: Scenario, connection: Connection, **options):
+    """
+    A test method that runs C{scenario} through both servers over
+    C{connection}, configured with C{options} (see L{targets.Target}).
+    """
+
+    def test(self):
+        return ensureDeferred(self.compare(scenario, connection, **options))
+
+    test.__doc__ = f"The {scenario.name} scenario over {connection.name}."
+    return test
+
+
+class WebSocketTests(CodexTestCase):
+    """
+    Codex finds the server through C{CODEX_EXEC_SERVER_URL}.
+    """
+
+    test_commands = compared(scenarios.COMMANDS, targets.WEBSOCKET)
+    test_terminal = compared(scenarios.TERMINAL, targets.WEBSOCKET)
+    test_files = compared(scenarios.FILES, targets.WEBSOCKET)
+
+
+class StdioTests(CodexTestCase):
+    """
+    Codex spawns the server from C{environments.toml}.
+    """
+
+    test_commands = compared(scenarios.COMMANDS, targets.STDIO)
+    test_terminal = compared(scenarios.TERMINAL, targets.STDIO)
+    test_files = compared(scenarios.FILES, targets.STDIO)
+
+
+class IgnoredSignalsTests(CodexTestCase):
+    """
+    A server started as a shell's C{&} starts it, with SIGINT and SIGQUIT
+    ignored: Ctrl-C must still reach a program in a terminal.
+    """
+
+    test_terminal = compared(
+        scenarios.TERMINAL, targets.WEBSOCKET,
+        ignored_signals=(signal.SIGINT, signal.SIGQUIT), variant="background",
+    )
