@@ -76,6 +76,15 @@ class StdioTests(CodexTestCase):
     test_files = compared(scenarios.FILES, targets.STDIO)
 
 
+class WebSocketEnvironmentTests(CodexTestCase):
+    """
+    Codex finds the server's URL in C{environments.toml}; one scenario, as
+    only how codex connects differs from L{WebSocketTests}.
+    """
+
+    test_commands = compared(scenarios.COMMANDS, targets.WEBSOCKET_ENVIRONMENT)
+
+
 class IgnoredSignalsTests(CodexTestCase):
     """
     A server started as a shell's C{&} starts it, with SIGINT and SIGQUIT

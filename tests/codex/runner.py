@@ -5,7 +5,10 @@ One run of the real codex CLI against one target.
     run.normalized["label"]   # what codex told the model, comparable
 
 The runner makes a scratch directory (below C{/var/tmp}: with C{CODEX_HOME}
-under C{/tmp} codex creates no helper aliases, which sandboxed runs need),
+under C{/tmp} codex creates no helper aliases, which sandboxed runs need)
+with an empty C{HOME}: codex runs commands in login shells (C{bash -lc}),
+and a user's profile (this machine's runs C{pyenv init}, whose concurrent
+rehashes print errors at random) must not add to their output. It then
 writes codex's C{config.toml} (the scripted model as provider, approvals
 off, no sandbox) and C{environments.toml}, serves the scripted model, lets
 the target's connection start the server, and runs
@@ -176,8 +179,10 @@ def _make_directories() -> RunDirectories:
         home=os.path.join(scratch, "home"),
         workdir=os.path.join(scratch, "work"),
         server_home=os.path.join(scratch, "server-home"),
+        user_home=os.path.join(scratch, "user-home"),
     )
-    for path in (directories.home, directories.workdir, directories.server_home):
+    for path in (directories.home, directories.workdir, directories.server_home,
+                 directories.user_home):
         os.mkdir(path)
     return directories
 
@@ -240,7 +245,7 @@ async def run_codex(scenario: Scenario, target: Target, reactor=None) -> CodexRu
                 f.write(environments_toml(attachment.environments))
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", "/root"),
+            "HOME": directories.user_home,
             "LANG": "C.UTF-8",
             "CODEX_HOME": directories.home,
             **attachment.env,

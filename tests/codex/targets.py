@@ -14,7 +14,7 @@ Codex learns about an exec-server in two ways:
   - C{$CODEX_HOME/environments.toml}, whose C{[[environments]]} tables have
     an C{id} and either C{program}/C{args}/C{env} (codex spawns the server and
     speaks to it over stdio, L{StdioProgram}) or C{url} with an optional
-    C{auth_bearer_token}; top-level C{default} names the one to use and
+    C{auth_bearer_token} (L{WebSocketEnvironment}); top-level C{default} names the one to use and
     C{include_local = false} keeps codex from running tools itself.
 """
 
@@ -59,6 +59,9 @@ class RunDirectories:
     workdir: str
     #: the C{CODEX_HOME} of a server that the suite starts itself
     server_home: str
+    #: C{HOME} of codex, the server and so every command: empty, so that
+    #: login shells read no user's profile
+    user_home: str
 
 
 @dataclass
@@ -94,6 +97,7 @@ class WebSocketURL:
         server = await support.start_server(
             target.server.kind,
             list(target.server_args),
+            env={"HOME": directories.user_home},
             cwd=directories.workdir,
             home=directories.server_home,
             ignored_signals=target.ignored_signals,
@@ -123,8 +127,31 @@ class StdioProgram:
         return Attachment(environments=[environment])
 
 
+class WebSocketEnvironment:
+    """
+    The suite starts the server on a loopback port and names its URL in
+    C{environments.toml}, with C{auth_bearer_token} when C{token} is given
+    (the server must then be started to require it, through
+    C{Target.server_args}).
+    """
+
+    name = "ws-environment"
+
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token
+
+    async def attach(self, target: "Target", directories: RunDirectories) -> Attachment:
+        attachment = await WEBSOCKET.attach(target, directories)
+        environment = {"id": ENVIRONMENT_ID, "url": attachment.env.pop("CODEX_EXEC_SERVER_URL")}
+        if self.token is not None:
+            environment["auth_bearer_token"] = self.token
+        attachment.environments.append(environment)
+        return attachment
+
+
 WEBSOCKET = WebSocketURL()
 STDIO = StdioProgram()
+WEBSOCKET_ENVIRONMENT = WebSocketEnvironment()
 
 
 @dataclass(frozen=True)
