@@ -85,6 +85,17 @@ class Connection(Protocol):
         """
 
 
+async def _start_websocket_server(target: "Target", directories: RunDirectories):
+    return await support.start_server(
+        target.server.kind,
+        list(target.server_args),
+        env={"HOME": directories.user_home},
+        cwd=directories.workdir,
+        home=directories.server_home,
+        ignored_signals=target.ignored_signals,
+    )
+
+
 class WebSocketURL:
     """
     The suite starts the server on a loopback port and hands codex its URL
@@ -94,14 +105,7 @@ class WebSocketURL:
     name = "ws"
 
     async def attach(self, target: "Target", directories: RunDirectories) -> Attachment:
-        server = await support.start_server(
-            target.server.kind,
-            list(target.server_args),
-            env={"HOME": directories.user_home},
-            cwd=directories.workdir,
-            home=directories.server_home,
-            ignored_signals=target.ignored_signals,
-        )
+        server = await _start_websocket_server(target, directories)
         return Attachment(env={"CODEX_EXEC_SERVER_URL": server.url}, close=server.stop)
 
 
@@ -141,12 +145,11 @@ class WebSocketEnvironment:
         self.token = token
 
     async def attach(self, target: "Target", directories: RunDirectories) -> Attachment:
-        attachment = await WEBSOCKET.attach(target, directories)
-        environment = {"id": ENVIRONMENT_ID, "url": attachment.env.pop("CODEX_EXEC_SERVER_URL")}
+        server = await _start_websocket_server(target, directories)
+        environment = {"id": ENVIRONMENT_ID, "url": server.url}
         if self.token is not None:
             environment["auth_bearer_token"] = self.token
-        attachment.environments.append(environment)
-        return attachment
+        return Attachment(environments=[environment], close=server.stop)
 
 
 WEBSOCKET = WebSocketURL()
