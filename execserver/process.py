@@ -25,6 +25,7 @@ import pybase64
 from twisted.internet.defer import Deferred
 
 from execserver import rpc, wirejson
+from execserver.sandbox import denial
 from execserver.spawn import Child, ChildSpec
 
 if TYPE_CHECKING:
@@ -124,6 +125,12 @@ class OutputLog:
             del self._seqs[: self._start]
             self._start = 0
 
+    def retained(self) -> list[tuple[str, bytes]]:
+        """
+        The (stream, data) of every retained chunk, oldest first.
+        """
+        return [(stream, data) for _, stream, data in self._chunks[self._start:]]
+
     def chunks_after(self, after_seq: int, max_bytes: int | None) -> list[tuple[int, str, bytes]]:
         """
         Retained chunks after C{after_seq}, within the byte budget: the first
@@ -178,7 +185,8 @@ class ManagedProcess:
     A child process owned by a session, and the log of its events.
     """
 
-    def __init__(self, session: "Session", process_id: str, spec: ChildSpec) -> None:
+    def __init__(self, session: "Session", process_id: str, spec: ChildSpec,
+                 sandboxed: bool = False) -> None:
         self.session = session
         self.process_id = process_id
         self._process_id_json = wirejson.dumps(process_id)
@@ -193,6 +201,10 @@ class ManagedProcess:
         self.terminated = False
         #: Set by process/closeStdin: later writes report C{stdinClosed}.
         self.stdin_closed = False
+        #: Whether a sandbox was asked for; then a failure may be judged a
+        #: sandbox denial.
+        self.sandboxed = sandboxed
+        self.sandbox_denied = False
 
     def start(self) -> None:
         """
@@ -241,12 +253,14 @@ class ManagedProcess:
         self._maybe_close()
 
     def childExited(self, exit_code: int) -> None:
+        if self.sandboxed:
+            self.sandbox_denied = denial.likely_denied(exit_code, self.log.retained())
         seq = self.log.record_exit(exit_code)
         self.session.deliver(rpc.encode_notification("process/exited", {
             "processId": self.process_id,
             "seq": seq,
             "exitCode": exit_code,
-            "sandboxDenied": False,
+            "sandboxDenied": self.sandbox_denied,
         }))
         self._maybe_close()
 
@@ -306,7 +320,7 @@ class ManagedProcess:
             "exitCode": log.exit_code,
             "closed": log.closed,
             "failure": None,
-            "sandboxDenied": False,
+            "sandboxDenied": self.sandbox_denied,
         }
 
     def write(self, data: bytes, write_id: str) -> str:

@@ -15,6 +15,8 @@ from execserver import environment, oserrors
 from execserver import params as P
 from execserver import paths, rpc, sandbox
 from execserver.process import ManagedProcess
+from execserver.sandbox import runner
+from execserver.sandbox.policy import Plan
 from execserver.server import Method, ServerConnection
 from execserver.spawn import ChildSpec
 
@@ -162,6 +164,22 @@ def _cwd(uri: str) -> bytes:
         raise rpc.invalid_params(f"cwd URI `{uri}` is not valid on this exec-server host: {e}") from None
 
 
+def _sandbox_plan(context: dict) -> Plan:
+    """
+    How to confine a child as C{context} asks.
+
+    @raise rpc.RpcError: the context is invalid, or this executor cannot
+        enforce it (never run unconfined instead).
+    """
+    restrictive = sandbox.restriction(context) is not None
+    try:
+        return runner.sandboxing.plan(context, restrictive)
+    except paths.ForeignPathError as e:
+        raise rpc.invalid_params(f"invalid sandbox permission path URI: {e}") from None
+    except runner.SandboxUnavailable as e:
+        raise rpc.invalid_params(str(e)) from None
+
+
 def start(connection: ServerConnection, p: dict) -> dict:
     session = connection.session
     if p["sandbox"] is None:
@@ -169,9 +187,10 @@ def start(connection: ServerConnection, p: dict) -> dict:
     argv = p["argv"]
     if not argv:
         raise rpc.invalid_params("argv must not be empty")
+    plan = None
     if p["sandbox"] is not None:
-        # Until sandboxing is built, as a reference host without one says.
-        raise rpc.invalid_params("sandbox intent cannot be enforced on this executor")
+        plan = _sandbox_plan(p["sandbox"])
+        cwd = _cwd(p["cwd"])
     process_id = p["processId"]
     if process_id in session.processes:
         raise rpc.invalid_request(f"process {process_id} already exists")
@@ -184,25 +203,44 @@ def start(connection: ServerConnection, p: dict) -> dict:
     if p["arg0"] is not None:
         args[0] = p["arg0"]
     _check_spawnable(argv[0], args, env, tty)
-    try:
-        executable = find_program(argv[0], env)
-    except OSError as e:
-        raise rpc.internal_error(oserrors.describe(e)) from None
+    wrapped = plan is not None and plan.wrap
+    executable = argv[0]
+    if not wrapped:
+        # A wrapped child's program is found inside its sandbox.
+        try:
+            executable = find_program(argv[0], env)
+        except OSError as e:
+            raise rpc.internal_error(oserrors.describe(e)) from None
+    launch = runner.sandboxing.launch(plan or runner.UNCONFINED, argv[0], args, executable)
     spec = ChildSpec(
-        executable=executable,
-        argv=args,
+        executable=launch.executable,
+        argv=launch.argv,
         cwd=os.fsdecode(cwd),
         env=env,
         tty=tty,
         pipe_stdin=p["pipeStdin"],
+        pass_fds=launch.pass_fds,
+        before_exec=launch.before_exec,
     )
-    process = ManagedProcess(session, process_id, spec)
+    process = ManagedProcess(session, process_id, spec, sandboxed=plan is not None)
+    targets = plan.created if plan is not None else ()
+    runner.sandboxing.targets.acquire(targets)
     try:
         process.start()
     except OSError as e:
+        runner.sandboxing.targets.release(targets)
         raise rpc.internal_error(oserrors.describe(e)) from None
+    finally:
+        launch.close()
+    if targets:
+        process.child.finished.addBoth(_released, targets)
     session.processes[process_id] = process
-    return {"processId": process_id, "sandboxType": "none"}
+    return {"processId": process_id, "sandboxType": runner.SANDBOX_TYPE if plan is not None else "none"}
+
+
+def _released(result: Any, targets: tuple[bytes, ...]) -> Any:
+    runner.sandboxing.targets.release(targets)
+    return result
 
 
 def _ready(snapshot: dict, after_seq: int) -> bool:

@@ -21,7 +21,7 @@ import struct
 import subprocess
 import termios
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from twisted.internet import abstract, main
 from twisted.internet.defer import Deferred
@@ -61,6 +61,10 @@ class ChildSpec:
     env: dict[str, str]
     tty: bool
     pipe_stdin: bool
+    #: Descriptors the child inherits (a sandbox's filter and data).
+    pass_fds: tuple[int, ...] = ()
+    #: Runs in the child just before exec (a sandbox's seccomp filter).
+    before_exec: Callable[[], None] | None = None
 
 
 class ChildHandler(Protocol):
@@ -107,6 +111,24 @@ def _start_terminal_session() -> None:
     for signum in PTY_DEFAULT_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _in_child(*steps: Callable[[], None] | None) -> Callable[[], None] | None:
+    """
+    One C{preexec_fn} running C{steps} in order, or None when there are
+    none (so the cheap vfork path stays in use).
+    """
+    steps = tuple(step for step in steps if step is not None)
+    if not steps:
+        return None
+    if len(steps) == 1:
+        return steps[0]
+
+    def run() -> None:
+        for step in steps:
+            step()
+
+    return run
 
 
 def _set_nonblocking(fd: int) -> None:
@@ -328,7 +350,7 @@ class Child:
         for reader in self.readers:
             reader.startReading()
 
-    def _spawn(self, stdin: int, stdout: int, stderr: int, **extra) -> None:
+    def _spawn(self, stdin: int, stdout: int, stderr: int, setup=None) -> None:
         spec = self.spec
         self.popen = subprocess.Popen(
             spec.argv,
@@ -341,7 +363,8 @@ class Child:
             close_fds=True,
             start_new_session=True,
             restore_signals=True,
-            **extra,
+            pass_fds=spec.pass_fds,
+            preexec_fn=_in_child(setup, spec.before_exec),
         )
 
     def _start_pipes(self) -> None:
@@ -353,7 +376,7 @@ class Child:
             in_read, in_write = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
         try:
             self._spawn(in_read, out_write, err_write,
-                        preexec_fn=_defaults_restorer(_ignored(PIPE_DEFAULT_SIGNALS)))
+                        setup=_defaults_restorer(_ignored(PIPE_DEFAULT_SIGNALS)))
         except BaseException:
             for fd in (out_read, err_read, in_write):
                 if fd >= 0:
@@ -377,7 +400,7 @@ class Child:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", PTY_ROWS, PTY_COLUMNS, 0, 0))
         os.set_inheritable(master, False)
         try:
-            self._spawn(slave, slave, slave, preexec_fn=_start_terminal_session)
+            self._spawn(slave, slave, slave, setup=_start_terminal_session)
         except BaseException:
             os.close(master)
             raise

@@ -1,0 +1,10 @@
+"""
+Sandboxed execution: the sandbox context's schema (L{schema}), its
+translation into a confinement plan (L{policy}), the seccomp filters
+(L{seccomp}), the runner that applies them (L{runner}) and the
+C{sandboxDenied} heuristic (L{denial}).
+"""
+
+from execserver.sandbox.schema import PathUri, SandboxContext, restriction
+
+__all__ = ["PathUri", "SandboxContext", "restriction"]
