@@ -171,7 +171,7 @@ def _sandbox_plan(context: dict) -> Plan:
     @raise rpc.RpcError: the context is invalid, or this executor cannot
         enforce it (never run unconfined instead).
     """
-    restrictive = sandbox.restriction(context) is not None
+    restrictive = sandbox.restricts(context)
     try:
         return runner.sandboxing.plan(context, restrictive)
     except paths.ForeignPathError as e:

@@ -125,10 +125,6 @@ NOT_A_DIRECTORY = (-32603, "Not a directory (os error 20)")
 LOOP = (-32603, "Symbolic link loop (os error 40)")
 NO_READER = (-32603, "No such device or address (os error 6)")
 NOT_REGULAR = (-32600, "path is not a regular file")
-RESTRICTED = (-32600, "filesystem sandbox cannot be enforced by this exec-server: "
-                      "the sandbox restricts file system access")
-
-
 def managed(entries, **context) -> dict:
     return dict({
         "permissions": {"type": "managed", "network": "restricted",
@@ -187,20 +183,27 @@ class SandboxTests(FsTestCase):
             self.assertEqual(await self.result("fs/readFile", {"path": self.uri("f"), "sandbox": sandbox}),
                              {"dataBase64": b64(b"hi")}, sandbox)
 
-    async def test_restrictive_contexts_are_refused_before_touching_anything(self):
-        for sandbox in (managed([]),
-                        managed([entry("path", "read", path=self.uri())]),
-                        managed([entry("path", "write", path=self.uri())]),
-                        managed([entry("root", "write"), entry("path", "read", path=self.uri())]),
-                        managed([entry("root", "write"), entry("path", "deny", path=self.uri())]),
-                        managed([entry("root", "write"), entry("glob_pattern", "deny", pattern="*.pem")],
-                                cwd=self.uri()),
-                        managed([entry("minimal", "read")])):
+    async def test_restrictive_contexts_are_enforced(self):
+        read_only = (-32603, "Read-only file system (os error 30)")
+        invisible = (-32004, "No such file or directory (os error 2)")
+        for sandbox, refusal in (
+                (managed([]), invisible),
+                (managed([entry("path", "read", path=self.uri())]), read_only),
+                (managed([entry("root", "write"), entry("path", "read", path=self.uri())]), read_only),
+                (managed([entry("minimal", "read")]), invisible)):
             await self.assertError("fs/writeFile", {"path": self.uri("new"), "dataBase64": "",
-                                                    "sandbox": sandbox}, *RESTRICTED)
-            await self.assertError("fs/open", {"handleId": "h", "path": self.uri("new"),
-                                               "sandbox": sandbox}, *RESTRICTED)
+                                                    "sandbox": sandbox}, *refusal)
+            await self.assertError("fs/open", {"handleId": "h", "path": self.uri("new"), "mode": "replace",
+                                               "sandbox": sandbox}, *refusal)
         self.assertEqual(os.listdir(self.root), [])
+
+    async def test_restrictive_contexts_grant_their_roots(self):
+        sandbox = managed([entry("root", "read"), entry("path", "write", path=self.uri())])
+        self.assertEqual(await self.result("fs/writeFile", {"path": self.uri("new"), "dataBase64": b64(b"x"),
+                                                            "sandbox": sandbox}), {})
+        self.assertEqual(await self.result("fs/readFile", {"path": self.uri("new"), "sandbox": sandbox}),
+                         {"dataBase64": b64(b"x")})
+        self.assertEqual(sorted(os.listdir(self.root)), ["new"])
 
     async def test_foreign_permission_paths_are_reported_first(self):
         sandbox = managed([entry("root", "write"), entry("path", "read", path="file:///C:/x")])
@@ -417,9 +420,9 @@ class ReadDirectoryTests(FsTestCase):
                                               "isFile": True}])
 
     async def test_the_limit_counts_kept_entries(self):
-        from execserver import filesystem
+        from execserver import fsops
 
-        self.patch(filesystem, "MAX_DIRECTORY_ENTRIES", 3)
+        self.patch(fsops, "MAX_DIRECTORY_ENTRIES", 3)
         os.makedirs(self.path("many"))
         for name in ("a", "b", "c"):
             write(self.path("many", name), b"")
@@ -626,10 +629,10 @@ class WalkTests(FsTestCase):
         self.assertFalse(result["truncated"])
 
     async def test_the_answer_has_a_size_budget(self):
-        from execserver import filesystem
+        from execserver import fsops
 
         first = [self.uri("w", "r", name) for name in (".hf", ".hid", "B")]
-        self.patch(filesystem, "WALK_RESPONSE_BUDGET", sum(len(uri) + 64 for uri in first))
+        self.patch(fsops, "WALK_RESPONSE_BUDGET", sum(len(uri) + 64 for uri in first))
         result = await self.walk(maxDepth=0)
         self.assertEqual([entry["path"] for entry in result["entries"]], first)
         self.assertTrue(result["truncated"])

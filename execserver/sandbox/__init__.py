@@ -5,6 +5,6 @@ translation into a confinement plan (L{policy}), the seccomp filters
 C{sandboxDenied} heuristic (L{denial}).
 """
 
-from execserver.sandbox.schema import PathUri, SandboxContext, restriction
+from execserver.sandbox.schema import PathUri, SandboxContext, restricts
 
-__all__ = ["PathUri", "SandboxContext", "restriction"]
+__all__ = ["PathUri", "SandboxContext", "restricts"]

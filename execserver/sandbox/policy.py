@@ -114,6 +114,9 @@ class Plan:
     #: Paths that bubblewrap will create on the host as mount points (they
     #: do not exist now); they are removed again when the child is gone.
     created: tuple[bytes, ...] = field(default=())
+    #: Where the root is not readable: the paths the profile grants. Our
+    #: file system helper also sees its runtime, which it must not serve.
+    granted: tuple[bytes, ...] | None = None
 
     @property
     def confined(self) -> bool:
@@ -272,7 +275,7 @@ def plan(sandbox: dict, restrictive: bool, host: Host,
     The confinement a sandbox context asks for.
 
     C{restrictive} says whether the context restricts file system access
-    (L{execserver.sandbox.schema.restriction}); only then is the child
+    (L{execserver.sandbox.schema.restricts}); only then is the child
     wrapped in bubblewrap. Otherwise it runs in place, under the network
     filter if the network is restricted.
     """
@@ -292,7 +295,7 @@ def plan(sandbox: dict, restrictive: bool, host: Host,
     for entry in file_system["entries"]:
         targets = _entry_paths(entry, sandbox, host, cwd, depth)
         {"read": reads, "write": writes, "deny": denies}[entry["access"]].extend(targets)
-    mounts, created = _mounts(_unique(reads), _unique(writes), _unique(denies), host, kind)
+    mounts, created, granted = _mounts(_unique(reads), _unique(writes), _unique(denies), host, kind)
     return Plan(
         wrap=True,
         seccomp=Seccomp.RESTRICTED if restricted_net else Seccomp.NO_VSOCK,
@@ -300,11 +303,12 @@ def plan(sandbox: dict, restrictive: bool, host: Host,
         unshare_net=restricted_net,
         pid_namespace=host.pid_namespace,
         created=tuple(created),
+        granted=granted,
     )
 
 
 def _mounts(reads: list[bytes], writes: list[bytes], denies: list[bytes], host: Host,
-            kind: Callable[[bytes], Kind]) -> tuple[list[Mount], list[bytes]]:
+            kind: Callable[[bytes], Kind]) -> tuple[list[Mount], list[bytes], tuple[bytes, ...] | None]:
     mounts: list[Mount] = []
     created: list[bytes] = []
     daemon = os.fsencode(DAEMON_DIRECTORY.format(uid=host.uid))
@@ -316,15 +320,15 @@ def _mounts(reads: list[bytes], writes: list[bytes], denies: list[bytes], host: 
         if daemon_exists and _under(daemon, under):
             mounts.append(Mount("tmpfs", daemon, DENY_PERMS))
 
+    granted = None
     if root_readable:
         mounts += [Mount("ro-bind", b"/"), Mount("dev", b"/dev")]
         hide_daemon(b"/")
-        visible = [b"/"]
     else:
-        visible = sorted(
-            path for path in _unique(reads + writes + list(host.runtime_paths))
-            if kind(path) is not Kind.MISSING
-        )
+        granted = tuple(sorted(path for path in _unique(reads + writes) if kind(path) is not Kind.MISSING))
+        visible = sorted(_unique(list(granted) + [
+            path for path in host.runtime_paths if kind(path) is not Kind.MISSING
+        ]))
         mounts += [Mount("tmpfs", b"/"), Mount("dev", b"/dev")]
         mounts += [Mount("ro-bind", path) for path in visible]
     for root in writes:
@@ -355,7 +359,17 @@ def _mounts(reads: list[bytes], writes: list[bytes], denies: list[bytes], host: 
             # Keep it from being made: an empty read-only file stands there.
             created.append(path)
             mounts.append(Mount("file", path))
-    return mounts, _unique(created)
+    return mounts, _unique(created), granted
+
+
+def grants(plan: Plan, path: bytes) -> bool:
+    """
+    Whether C{plan}'s profile lets its child see C{path} at all: a granted
+    path, something in it, or a directory on the way to one.
+    """
+    return plan.granted is None or any(
+        _under(path, root) or _under(root, path) for root in plan.granted
+    )
 
 
 def bwrap_arguments(plan: Plan, file_fd: Callable[[], int]) -> list[bytes]:

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -64,12 +65,19 @@ class _MountTargets:
 
     def __init__(self) -> None:
         self._users: dict[bytes, int] = {}
+        # The file system helper runs in the thread pool.
+        self._lock = threading.Lock()
 
     def acquire(self, targets: tuple[bytes, ...]) -> None:
-        for target in targets:
-            self._users[target] = self._users.get(target, 0) + 1
+        with self._lock:
+            for target in targets:
+                self._users[target] = self._users.get(target, 0) + 1
 
     def release(self, targets: tuple[bytes, ...]) -> None:
+        with self._lock:
+            self._release(targets)
+
+    def _release(self, targets: tuple[bytes, ...]) -> None:
         for target in targets:
             count = self._users.get(target, 0) - 1
             if count > 0:
@@ -89,10 +97,15 @@ def _remove_empty(path: bytes) -> None:
         pass  # in use again, or no longer ours to remove
 
 
+#: The system's shared libraries and their loader, which our interpreter needs.
+SYSTEM_LIBRARIES = ("/lib", "/lib64", "/usr/lib", "/usr/lib64")
+
+
 def _runtime_paths() -> tuple[bytes, ...]:
     """
     What our file system helper needs to run where the root is not
-    readable: the interpreter, its library, and this package.
+    readable: the interpreter, its library, this package and the system's
+    shared libraries.
     """
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     found = {
@@ -100,6 +113,7 @@ def _runtime_paths() -> tuple[bytes, ...]:
         os.path.realpath(sys.prefix),
         os.path.dirname(os.path.realpath(sys.executable)),
         package_root,
+        *SYSTEM_LIBRARIES,
     }
     return tuple(sorted(os.fsencode(path) for path in found))
 

@@ -1,12 +1,9 @@
 """
 The optional C{sandbox} of C{process/start} and the C{fs/*} methods: its
 schema, decoded with serde's texts, and whether it restricts file system
-access.
-
-We do not enforce sandboxes yet. A restrictive one makes an operation fail
-closed; one that restricts nothing (disabled, external, unrestricted, or
-write access to the whole disk) lets it run unconfined, as the reference
-does.
+access (then the operation runs under bubblewrap, see L{policy}); one that
+restricts nothing (disabled, external, unrestricted, or write access to the
+whole disk) lets file system work run in place, as in the reference.
 """
 
 from __future__ import annotations
@@ -16,11 +13,6 @@ from typing import Any
 
 from execserver import params as P
 from execserver import paths, rpc
-
-UNSUPPORTED = (
-    "filesystem sandbox cannot be enforced by this exec-server: "
-    "the sandbox restricts file system access"
-)
 
 PathUri = P.Custom(paths.parse_uri)
 
@@ -294,20 +286,21 @@ SandboxContext = P.Struct("WireFileSystemSandboxContext", [
 ])
 
 
-def restriction(sandbox: dict | None) -> str | None:
+def restricts(sandbox: dict | None) -> bool:
     """
     Check a sandbox as the reference does before it runs an operation, and
-    say why it restricts file system access (C{None} if it does not).
+    say whether it restricts file system access.
 
     A managed profile whose file system is restricted restricts unless it
-    grants write access to the whole disk with nothing narrower. We cannot
-    enforce a restriction, so the caller refuses such operations.
+    grants write access to the whole disk with nothing narrower.
+
+    @raise rpc.RpcError: the context names foreign paths, or needs a cwd.
     """
     if sandbox is None:
-        return None
+        return False
     permissions = sandbox["permissions"]
     if permissions["type"] != "managed" or permissions["file_system"]["type"] != "restricted":
-        return None
+        return False
     entries = permissions["file_system"]["entries"]
     cwd = sandbox["cwd"]
     if cwd is None and sandbox["policyContext"] is not None:
@@ -337,6 +330,4 @@ def restriction(sandbox: dict | None) -> str | None:
             paths.to_host_path(cwd)
         except paths.ForeignPathError as e:
             raise rpc.invalid_request(str(e)) from None
-    if whole_disk_writable and all(entry["access"] == "write" for entry in entries):
-        return None
-    return UNSUPPORTED
+    return not (whole_disk_writable and all(entry["access"] == "write" for entry in entries))
