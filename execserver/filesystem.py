@@ -136,7 +136,7 @@ def _confinement(restrictive: bool, context: dict | None) -> Plan | None:
     if not restrictive:
         return None
     try:
-        return runner.sandboxing.plan(context, True)
+        return runner.sandboxing.plan(context, True, helper=True)
     except runner.SandboxUnavailable as e:
         raise rpc.invalid_request(str(e)) from None
 

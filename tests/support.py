@@ -30,6 +30,11 @@ EVENT_TIMEOUT = 20.0
 
 PROJECT_ROOT = Path(execserver.__file__).resolve().parent.parent
 
+#: Where servers get their home (the reference's CODEX_HOME): not under
+#: /tmp, where the reference refuses to make the helper aliases that its
+#: sandboxed and terminal children need.
+HOME_PARENT = "/var/tmp"
+
 _reference_binary: str | None = None
 
 
@@ -108,6 +113,7 @@ class RunningServer:
             except error.ProcessExitedAlready:
                 pass
         await with_timeout(self.proto.ended)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -175,7 +181,7 @@ async def start_server(
     C{CODEX_HOME} is C{home} (a new directory if not given).
     """
     if home is None:
-        home = tempfile.mkdtemp(prefix="execserver-test-home-")
+        home = tempfile.mkdtemp(prefix="execserver-test-home-", dir=HOME_PARENT)
     full_env = server_environment(env)
     if kind == "reference":
         full_env["CODEX_HOME"] = home

@@ -19,8 +19,9 @@ from typing import Callable, Iterable
 
 from execserver import paths
 
-#: Names inside a writable root that stay read-only (masked by an empty,
-#: read-only directory), whether or not they exist.
+#: Names inside a writable root that the child cannot change, whether or
+#: not they exist: what has content stays readable, an empty or missing one
+#: is replaced by an empty read-only directory (or file).
 PROTECTED_NAMES = (b".git", b".agents", b".codex", b".aws")
 
 #: What the C{minimal} special path lets a child read on Linux.
@@ -42,18 +43,32 @@ class Kind(enum.Enum):
     MISSING = "missing"
     DIRECTORY = "directory"
     OTHER = "other"
+    #: An empty directory or empty regular file (for protected names).
+    EMPTY_DIRECTORY = "empty directory"
+    EMPTY_FILE = "empty file"
 
 
-def kind_of(path: bytes) -> Kind:
+def kind_of(path: bytes, look_inside: bool = False) -> Kind:
     """
     What C{path} is on this host, following symbolic links as bubblewrap's
-    mounts do.
+    mounts do; with C{look_inside}, whether it is empty too.
     """
     try:
-        mode = os.stat(path).st_mode
+        info = os.stat(path)
     except OSError:
         return Kind.MISSING
-    return Kind.DIRECTORY if stat.S_ISDIR(mode) else Kind.OTHER
+    if stat.S_ISDIR(info.st_mode):
+        if look_inside:
+            try:
+                with os.scandir(path) as entries:
+                    if next(entries, None) is None:
+                        return Kind.EMPTY_DIRECTORY
+            except OSError:
+                pass
+        return Kind.DIRECTORY
+    if look_inside and stat.S_ISREG(info.st_mode) and info.st_size == 0:
+        return Kind.EMPTY_FILE
+    return Kind.OTHER
 
 
 class Seccomp(enum.Enum):
@@ -270,7 +285,7 @@ def network_restricted(permissions: dict) -> bool:
 
 
 def plan(sandbox: dict, restrictive: bool, host: Host,
-         kind: Callable[[bytes], Kind] = kind_of) -> Plan:
+         kind: Callable[..., Kind] = kind_of) -> Plan:
     """
     The confinement a sandbox context asks for.
 
@@ -308,7 +323,7 @@ def plan(sandbox: dict, restrictive: bool, host: Host,
 
 
 def _mounts(reads: list[bytes], writes: list[bytes], denies: list[bytes], host: Host,
-            kind: Callable[[bytes], Kind]) -> tuple[list[Mount], list[bytes], tuple[bytes, ...] | None]:
+            kind: Callable[..., Kind]) -> tuple[list[Mount], list[bytes], tuple[bytes, ...] | None]:
     mounts: list[Mount] = []
     created: list[bytes] = []
     daemon = os.fsencode(DAEMON_DIRECTORY.format(uid=host.uid))
@@ -338,13 +353,15 @@ def _mounts(reads: list[bytes], writes: list[bytes], denies: list[bytes], host: 
         hide_daemon(root)
         for name in PROTECTED_NAMES:
             protected = root.rstrip(b"/") + b"/" + name
-            what = kind(protected)
-            if what is Kind.OTHER:
-                mounts.append(Mount("ro-bind", protected))
-                continue
+            what = kind(protected, look_inside=True)
             if what is Kind.MISSING:
                 created.append(protected)
-            mounts.append(Mount("tmpfs", protected, MASK_PERMS))
+            if what in (Kind.MISSING, Kind.EMPTY_DIRECTORY):
+                mounts.append(Mount("tmpfs", protected, MASK_PERMS))
+            elif what is Kind.EMPTY_FILE:
+                mounts.append(Mount("file", protected))
+            else:
+                mounts.append(Mount("ro-bind", protected))
     for path in reads:
         if path != b"/" and any(_under(path, root) and path != root for root in writes) \
                 and kind(path) is not Kind.MISSING:

@@ -137,13 +137,17 @@ class Sandboxing:
         self.config = config
         self._checked = False
 
-    def host(self) -> policy.Host:
+    def host(self, helper: bool = False) -> policy.Host:
+        """
+        This executor's facts; C{helper} if the child is our file system
+        helper, which needs its runtime.
+        """
         tmpdir = os.environ.get("TMPDIR")
         return policy.Host(
             uid=os.getuid(),
             temporary_directories=(os.fsencode(tmpdir),) if tmpdir and tmpdir.startswith("/") else (),
             pid_namespace=self.config.pid_namespace,
-            runtime_paths=self.runtime_paths,
+            runtime_paths=self.runtime_paths if helper else (),
         )
 
     def problem(self) -> str | None:
@@ -205,11 +209,13 @@ class Sandboxing:
             raise SandboxUnavailable(f"{CANNOT_ENFORCE}: {problem}")
         return self._bwrap
 
-    def plan(self, sandbox: dict, restrictive: bool) -> Plan:
+    def plan(self, sandbox: dict, restrictive: bool, helper: bool = False) -> Plan:
         """
+        How to confine a child (our file system helper if C{helper}).
+
         @raise SandboxUnavailable: if the plan needs what this host lacks.
         """
-        plan = policy.plan(sandbox, restrictive, self.host())
+        plan = policy.plan(sandbox, restrictive, self.host(helper))
         if plan.wrap:
             self.require()
         elif plan.seccomp is not None:
