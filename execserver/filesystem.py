@@ -289,15 +289,24 @@ def _operation(connection: ServerConnection, plan: Plan | None, op: str, *args,
                where: tuple[bytes, ...] = ()) -> Deferred:
     """
     Run L{fsops} function C{op} in the thread pool: in place, or in a
-    helper confined by C{plan}. A path of C{where} that the profile does
-    not let a child see does not exist for it (the helper sees its own
-    runtime too).
+    helper confined by C{plan}. The helper also sees its own runtime (the
+    interpreter and this package); there a path of C{where} that the
+    profile does not grant is missing, as it would be for a child.
     """
-    if plan is None:
+    reading = op in _READS or (op == "open_file" and args[1] == "read")
+    if plan is None or (plan.reads_everything and reading):
+        # As in the reference: what the profile lets anyone read is read
+        # in place.
         return _blocking(connection, getattr(fsops, op), *args)
-    if not all(policy.grants(plan, path) for path in where):
+    if any(policy.hidden_runtime(plan, path) for path in where):
+        if op == "remove" and args[2]:
+            return _blocking(connection, dict)  # forced: nothing to remove
         return _blocking(connection, _invisible)
     return _blocking(connection, fshelper.call, runner.sandboxing, plan, op, list(args))
+
+
+#: The operations that only read (and fs/open in read mode).
+_READS = frozenset(("read_file", "get_metadata", "read_directory", "canonicalize", "walk"))
 
 
 def _invisible() -> None:

@@ -132,6 +132,10 @@ class Plan:
     #: Where the root is not readable: the paths the profile grants. Our
     #: file system helper also sees its runtime, which it must not serve.
     granted: tuple[bytes, ...] | None = None
+    #: What of our runtime the child sees beyond what the profile grants.
+    runtime: tuple[bytes, ...] = ()
+    #: The profile lets the child read everything (the root, nothing denied).
+    reads_everything: bool = False
 
     @property
     def confined(self) -> bool:
@@ -307,7 +311,9 @@ def plan(sandbox: dict, restrictive: bool, host: Host,
     reads: list[bytes] = []
     writes: list[bytes] = []
     denies: list[bytes] = []
+    denying = False
     for entry in file_system["entries"]:
+        denying = denying or entry["access"] == "deny"
         targets = _entry_paths(entry, sandbox, host, cwd, depth)
         {"read": reads, "write": writes, "deny": denies}[entry["access"]].extend(targets)
     mounts, created, granted = _mounts(_unique(reads), _unique(writes), _unique(denies), host, kind)
@@ -319,6 +325,8 @@ def plan(sandbox: dict, restrictive: bool, host: Host,
         pid_namespace=host.pid_namespace,
         created=tuple(created),
         granted=granted,
+        runtime=host.runtime_paths if granted is not None else (),
+        reads_everything=granted is None and not denying,
     )
 
 
@@ -379,13 +387,13 @@ def _mounts(reads: list[bytes], writes: list[bytes], denies: list[bytes], host: 
     return mounts, _unique(created), granted
 
 
-def grants(plan: Plan, path: bytes) -> bool:
+def hidden_runtime(plan: Plan, path: bytes) -> bool:
     """
-    Whether C{plan}'s profile lets its child see C{path} at all: a granted
-    path, something in it, or a directory on the way to one.
+    Whether C{path} is visible to C{plan}'s child only because it is part
+    of our runtime, not because the profile grants it.
     """
-    return plan.granted is None or any(
-        _under(path, root) or _under(root, path) for root in plan.granted
+    return any(_under(path, runtime) for runtime in plan.runtime) and not any(
+        _under(path, root) for root in plan.granted or ()
     )
 
 
