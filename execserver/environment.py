@@ -13,6 +13,7 @@ import sys
 import execserver
 from execserver import params as P
 from execserver import paths
+from execserver.sandbox import runner
 from execserver.server import Method
 
 _KNOWN_SHELLS = {
@@ -57,6 +58,8 @@ def detect_shell() -> dict[str, str]:
     return {"name": "sh", "path": "/bin/sh"}
 
 
+#: What this executor offers; the sandboxing ones hold only where
+#: sandboxes can be enforced (L{capabilities}).
 CAPABILITIES = {
     "networkProxyLaunch": False,
     "networkProxyReviewDomains": False,
@@ -130,8 +133,20 @@ def environment_info() -> dict:
     )
     if temp is not None:
         info["tempDir"] = paths.from_host_path(temp)
-    info["capabilities"] = dict(CAPABILITIES)
+    info["capabilities"] = capabilities()
     return info
+
+
+def capabilities() -> dict[str, bool]:
+    """
+    Streaming files opened in a sandbox, and keeping devices usable under a
+    writable root, both need bubblewrap here.
+    """
+    result = dict(CAPABILITIES)
+    available = runner.sandboxing.available
+    result["sandboxedFileStreaming"] = available
+    result["linuxRootWritePreservesDevices"] = available
+    return result
 
 
 def info(connection, params) -> dict:
