@@ -41,7 +41,9 @@ class Server:
 
     def __init__(self, kind: str, extra_args=()):
         self.kind = kind
-        home = tempfile.mkdtemp(prefix=f"execserver-bench-{kind}-")
+        # Not under /tmp, where the reference cannot make the helper
+        # aliases its sandboxed children need.
+        home = tempfile.mkdtemp(prefix=f"execserver-bench-{kind}-", dir="/var/tmp")
         env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
                "LANG": "C.UTF-8", "PYTHONPATH": str(ROOT)}
         if kind == "reference":

@@ -39,6 +39,9 @@ _CORE_VARIABLES = frozenset((
 ))
 _DEFAULT_EXCLUDES = ("*KEY*", "*SECRET*", "*TOKEN*")
 
+#: Why enforceManagedNetwork is refused under a sandbox.
+MANAGED_NETWORK_UNSUPPORTED = "managed networking (enforceManagedNetwork) is not supported"
+
 #: Where a bare program name is looked up when the child has no PATH (the
 #: reference's libc default, musl's).
 DEFAULT_PATH = "/usr/local/bin:/bin:/usr/bin"
@@ -191,6 +194,10 @@ def start(connection: ServerConnection, p: dict) -> dict:
     if p["sandbox"] is not None:
         plan = _sandbox_plan(p["sandbox"])
         cwd = _cwd(p["cwd"])
+        if p["enforceManagedNetwork"]:
+            # Never wider than asked: without the proxy bridge the child
+            # would get the whole network or none.
+            raise rpc.invalid_params(f"{runner.CANNOT_ENFORCE}: {MANAGED_NETWORK_UNSUPPORTED}")
     process_id = p["processId"]
     if process_id in session.processes:
         raise rpc.invalid_request(f"process {process_id} already exists")

@@ -198,3 +198,23 @@ class StreamingTests(SandboxTestCase):
         reply = await self.call("fs/open", {"handleId": "r", "path": target, "sandbox": sandbox})
         reply = await self.call("fs/readBlock", {"handleId": "r", "offset": 0, "len": 10})
         self.assertEqual(reply["result"], {"chunk": base64.b64encode(b"abc").decode(), "eof": True})
+
+
+class ManagedNetworkTests(SandboxTestCase):
+    async def test_enforced_managed_networking_is_refused(self):
+        params = start_params("m", ["/bin/true"], sandbox=workspace(self.w, "enabled"),
+                              enforceManagedNetwork=True,
+                              managedNetwork={"loopbackPorts": [8080], "allowLocalBinding": False})
+        reply = await self.call("process/start", params)
+        self.assertEqual(reply["error"], {
+            "code": -32602,
+            "message": "sandbox intent cannot be enforced on this executor: "
+                       "managed networking (enforceManagedNetwork) is not supported",
+        })
+
+    async def test_managed_network_facts_alone_change_nothing(self):
+        params = start_params("m", ["/bin/true"], sandbox=workspace(self.w),
+                              managedNetwork={"loopbackPorts": [8080], "allowLocalBinding": False})
+        reply = await self.call("process/start", params)
+        self.assertEqual(reply["result"], {"processId": "m", "sandboxType": "linuxSeccomp"})
+        await self.transport.closed_event("m")
