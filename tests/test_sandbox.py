@@ -49,8 +49,9 @@ class SandboxTestCase(unittest.TestCase):
         send(self.connection, {"id": self._ids, "method": method, "params": params})
         return self.transport.reply(self._ids)
 
-    async def run_sandboxed(self, process_id: str, script: str, sandbox: dict | None = None) -> tuple[str, int]:
-        params = start_params(process_id, ["/bin/bash", "-c", script],
+    async def run_sandboxed(self, process_id: str, script: str, sandbox: dict | None = None,
+                            shell: str = "/bin/sh") -> tuple[str, int]:
+        params = start_params(process_id, [shell, "-c", script],
                               sandbox=sandbox or workspace(self.w), cwd=paths.from_host_path(self.root))
         reply = await self.call("process/start", params)
         self.assertEqual(reply.get("result"), {"processId": process_id, "sandboxType": "linuxSeccomp"}, reply)
@@ -107,7 +108,7 @@ class EscapeTests(SandboxTestCase):
             f"python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect(\"{unix_path}\")' 2>&1"
             " | tail -1",
             "echo done",
-        ]))
+        ]), shell="/bin/bash")
         self.assertNotIn("tcp-connected", output)
         self.assertIn("Operation not permitted", output)
         self.assertIn("done", output)
@@ -218,3 +219,14 @@ class ManagedNetworkTests(SandboxTestCase):
         reply = await self.call("process/start", params)
         self.assertEqual(reply["result"], {"processId": "m", "sandboxType": "linuxSeccomp"})
         await self.transport.closed_event("m")
+
+
+class PidNamespaceTests(SandboxTestCase):
+    async def test_children_can_share_the_hosts_pid_namespace(self):
+        self.patch(runner, "sandboxing", runner.Sandboxing(runner.SandboxConfig(pid_namespace=False)))
+        output, _ = await self.run_sandboxed("p", f"kill -0 {os.getpid()} && echo host-visible; test $$ -ne 2 && echo host-pid")
+        self.assertEqual(output, "host-visible\nhost-pid\n")
+
+    async def test_by_default_children_have_their_own(self):
+        output, _ = await self.run_sandboxed("p", f"kill -0 {os.getpid()} 2>/dev/null || echo host-invisible; echo $$")
+        self.assertEqual(output, "host-invisible\n2\n")
