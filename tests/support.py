@@ -95,12 +95,15 @@ class RunningServer:
     An exec-server (ours or the reference) in a child process.
     """
 
-    def __init__(self, kind: str, url: str, process, proto: _ServerProcess, home: str):
+    def __init__(self, kind: str, url: str, process, proto: _ServerProcess, home: str,
+                 owns_home: bool = True):
         self.kind = kind
         self.url = url
         self.process = process
         self.proto = proto
         self.home = home
+        #: Whether the home was made for this server, and goes with it.
+        self.owns_home = owns_home
 
     @property
     def pid(self) -> int:
@@ -113,7 +116,8 @@ class RunningServer:
             except error.ProcessExitedAlready:
                 pass
         await with_timeout(self.proto.ended)
-        shutil.rmtree(self.home, ignore_errors=True)
+        if self.owns_home:
+            shutil.rmtree(self.home, ignore_errors=True)
 
 
 def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -180,7 +184,8 @@ async def start_server(
     with C{ignored_signals} ignored from the start. The reference's
     C{CODEX_HOME} is C{home} (a new directory if not given).
     """
-    if home is None:
+    owns_home = home is None
+    if owns_home:
         home = tempfile.mkdtemp(prefix="execserver-test-home-", dir=HOME_PARENT)
     full_env = server_environment(env)
     if kind == "reference":
@@ -195,7 +200,7 @@ async def start_server(
             process.signalProcess("KILL")
         await proto.ended
         raise
-    return RunningServer(kind, url, process, proto, home)
+    return RunningServer(kind, url, process, proto, home, owns_home)
 
 
 async def serve(testcase, kind: str) -> RunningServer:
