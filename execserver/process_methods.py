@@ -13,7 +13,7 @@ from twisted.internet.defer import TimeoutError, ensureDeferred
 
 from execserver import environment, oserrors
 from execserver import params as P
-from execserver import paths, rpc, sandbox
+from execserver import paths, rpc, sandbox, uuids
 from execserver.process import ManagedProcess
 from execserver.sandbox import runner
 from execserver.sandbox.policy import Plan
@@ -23,7 +23,7 @@ from execserver.spawn import ChildSpec
 FAMILY = "exec"
 
 #: Variables the child never sees, whatever the request asks.
-_ALWAYS_REMOVED = ("CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE",)
+_ALWAYS_REMOVED = ("CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE", "CODEX_TOOL_CALL_ID")
 _ALWAYS_REMOVED_ANY_CASE = frozenset(name.upper() for name in (
     "CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN",
     "NODE_REPL_AUTH_TOKEN",
@@ -54,20 +54,29 @@ EnvPolicy = P.Struct("ExecEnvPolicy", [
     P.Field("includeOnly", P.Seq(P.String())),
 ])
 
+#: Who asked for a process: the harness's thread and tool call. The child
+#: sees them as CODEX_THREAD_ID and CODEX_TOOL_CALL_ID.
+ExecMetadata = P.Struct("ExecMetadata", [
+    P.Field("threadId", P.Optional(P.Custom(uuids.parse)), default=None),
+    P.Field("toolCallId", P.Optional(P.String()), default=None),
+])
+
+# In the reference's declaration order, which positional params follow.
 StartParams = P.Struct("WireExecParams", [
     P.Field("processId", P.String()),
+    P.Field("metadata", P.Optional(ExecMetadata)),
     P.Field("argv", P.Seq(P.String())),
     P.Field("cwd", sandbox.PathUri),
+    P.Field("envPolicy", P.Optional(EnvPolicy)),
+    P.Field("shellSnapshot", P.Optional(P.AnyValue())),
     P.Field("env", P.Map(P.String())),
     P.Field("tty", P.Bool()),
     P.Field("pipeStdin", P.Bool(), default=False),
     P.Field("arg0", P.Optional(P.String())),
-    P.Field("envPolicy", P.Optional(EnvPolicy)),
     P.Field("sandbox", P.Optional(sandbox.SandboxContext)),
     P.Field("enforceManagedNetwork", P.Bool(), default=False),
     P.Field("managedNetwork", P.Optional(P.AnyValue())),
     P.Field("networkProxy", P.Optional(P.AnyValue())),
-    P.Field("shellSnapshot", P.Optional(P.AnyValue())),
 ])
 
 ReadParams = P.Struct("ReadParams", [
@@ -102,10 +111,12 @@ def _matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(upper, pattern.upper()) for pattern in patterns)
 
 
-def child_environment(env: dict[str, str], policy: dict | None) -> dict[str, str]:
+def child_environment(env: dict[str, str], policy: dict | None,
+                      metadata: dict | None = None) -> dict[str, str]:
     """
     The child's environment: exactly C{env}, or C{env} over what the policy
-    keeps of ours.
+    keeps of ours; with C{metadata}, the thread and tool call it names and
+    no other.
     """
     if policy is None:
         result = dict(env)
@@ -126,6 +137,14 @@ def child_environment(env: dict[str, str], policy: dict | None) -> dict[str, str
         result.update(env)
     for name in _ALWAYS_REMOVED:
         result.pop(name, None)
+    if metadata is not None:
+        result.pop("CODEX_THREAD_ID", None)
+        if metadata["threadId"] is not None:
+            result["CODEX_THREAD_ID"] = metadata["threadId"]
+        tool_call = metadata["toolCallId"]
+        # A value no environment can hold is left out, as the reference does.
+        if tool_call is not None and "\0" not in tool_call:
+            result["CODEX_TOOL_CALL_ID"] = tool_call
     return {k: v for k, v in result.items() if k.upper() not in _ALWAYS_REMOVED_ANY_CASE}
 
 
@@ -202,7 +221,7 @@ def start(connection: ServerConnection, p: dict) -> dict:
     if process_id in session.processes:
         raise rpc.invalid_request(f"process {process_id} already exists")
     tty = p["tty"]
-    env = child_environment(p["env"], p["envPolicy"])
+    env = child_environment(p["env"], p["envPolicy"], p["metadata"])
     if tty and "SHELL" not in env:
         # As the reference does: an interactive terminal knows its shell.
         env["SHELL"] = environment.detect_shell()["path"]

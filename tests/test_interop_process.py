@@ -118,6 +118,57 @@ async def environment_and_arguments(peer):
     await peer.process_events("core")
 
 
+THREAD = "67e55044-10b1-426f-9247-bb680e5fe0c8"
+
+
+async def metadata(peer):
+    """
+    The 14th field of WireExecParams: the thread and tool call a process
+    runs for, handed to the child as CODEX_THREAD_ID and CODEX_TOOL_CALL_ID.
+    """
+    await peer.handshake()
+    show = ["/bin/sh", "-c", "env | grep ^CODEX_ | sort"]
+    inherited = {"CODEX_THREAD_ID": "from-env", "CODEX_TOOL_CALL_ID": "from-env",
+                 "codex_tool_call_id": "lower", "PATH": "/usr/bin:/bin"}
+    cases = {
+        "both": {"threadId": THREAD, "toolCallId": "call_1"},
+        "upper simple thread": {"threadId": THREAD.replace("-", "").upper()},
+        "braced thread": {"threadId": "{" + THREAD + "}"},
+        "urn thread": {"threadId": "urn:uuid:" + THREAD},
+        "empty": {},
+        "null fields": {"threadId": None, "toolCallId": None},
+        "empty tool call": {"toolCallId": ""},
+        "nul in tool call": {"toolCallId": "a\0b"},
+        "unknown member": {"toolCallId": "t", "other": 1},
+    }
+    for label, value in cases.items():
+        process_id = f"m-{label}"
+        await peer.call("process/start", start(process_id, show, env=inherited, metadata=value),
+                        label=f"start {label}")
+        await peer.process_events(process_id, label=f"env {label}")
+    await peer.call("process/start", start("m-null", show, env=inherited, metadata=None))
+    await peer.process_events("m-null", label="env null metadata")
+    await peer.call("process/start", start("m-tty", show, env=inherited, tty=True,
+                                           metadata={"toolCallId": "t"}))
+    await peer.process_events("m-tty", label="env under a terminal")
+    for bad in ("", "5", "é", "{00000000000000000000000000000000}", "67e550-4105b1426f9247bb680e5fe0c",
+                "F9168C5E-CEB2-4faa-B6BF1-02BF39FA1E4", "URN:UUID:" + THREAD, "{" + THREAD,
+                THREAD + "0", "67e55044-10b1-426f-9247-bb680e5fe0c", 5, [], {}):
+        await peer.call("process/start", start("bad", ["/bin/true"], metadata={"threadId": bad}),
+                        label=f"threadId {bad!r}")
+    for bad in (5, True, [], {}):
+        await peer.call("process/start", start("bad", ["/bin/true"], metadata={"toolCallId": bad}),
+                        label=f"toolCallId {bad!r}")
+    for bad in (5, "x", [None, None, None]):
+        await peer.call("process/start", start("bad", ["/bin/true"], metadata=bad), label=f"metadata {bad!r}")
+    positional = ["pos", [THREAD, "call_2"], show, "file:///tmp", None, None,
+                  {"PATH": "/usr/bin:/bin"}, False, False, None, None, False, None, None]
+    await peer.call("process/start", positional, label="positional, in the reference's order")
+    await peer.process_events("pos", label="env positional")
+    for length in (1, 2, 7, 8, 13, 15):
+        await peer.call("process/start", (positional + [None])[:length], label=f"{length} positional")
+
+
 async def read_rules(peer):
     await peer.handshake()
     script = "printf aaaa; read x; printf bbbbbb; read x; printf cc; read x"
@@ -291,6 +342,7 @@ class StartTests(InteropTestCase):
     test_semantic_errors = interop(start_semantic_errors)
     test_output_and_exit = interop(output_and_exit)
     test_environment_and_arguments = interop(environment_and_arguments)
+    test_metadata = interop(metadata)
     test_grandchild_holds_output = interop(grandchild_holds_output)
     test_pty = interop(pty)
     test_inherited_dispositions = interop(
