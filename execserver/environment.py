@@ -66,7 +66,7 @@ CAPABILITIES = {
     "credentialMasking": False,
     "credentialMaskingCustomProviders": False,
     "capabilityDiscoverySandbox": False,
-    "fsWatchMissing": False,
+    "fsWatchMissing": True,
     "capabilityDiscoveryV2": False,
     "environmentConfigRead": False,
     "httpHeaderEnvVars": True,
