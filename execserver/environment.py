@@ -68,7 +68,7 @@ CAPABILITIES = {
     "capabilityDiscoverySandbox": False,
     "fsWatchMissing": True,
     "capabilityDiscoveryV2": False,
-    "environmentConfigRead": False,
+    "environmentConfigRead": True,
     "httpHeaderEnvVars": True,
     "sandboxedFileStreaming": False,
     "fileWriteStreaming": True,
@@ -86,7 +86,11 @@ PROVIDER_ID = "sha256:" + hashlib.sha256(
 ).hexdigest()
 
 
-def _home() -> str | None:
+def home_directory() -> str | None:
+    """
+    The user's home: C{$HOME}, else the password database's; only an
+    absolute path counts.
+    """
     home = os.environ.get("HOME")
     if not home:
         try:
@@ -117,7 +121,7 @@ def environment_info() -> dict:
         cwd = os.getcwdb()
     except OSError:
         cwd = None
-    home = _home()
+    home = home_directory()
     temp = _temp_dir(cwd)
     info = {
         "shell": detect_shell(),

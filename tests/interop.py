@@ -94,6 +94,7 @@ class Peer:
         for index, session_id in enumerate(self.session_ids):
             text = text.replace(session_id, f"<session-{index}>")
         text = text.replace(self.workdir, "<workdir>")
+        text = text.replace(self.server.home, "<codex-home>")
         text = _PEER_ADDRESS.sub(r"\1<peer>", text)
         return json.loads(text)
 
@@ -235,17 +236,22 @@ def aggregate(events: list[dict]) -> dict:
 Scenario = Callable[[Peer], Awaitable[None]]
 
 
+Wrapper = Callable[[str], list]
+
+
 async def run_against(kind: str, scenario: Scenario, args=(), env=None,
-                      ignored_signals=()) -> list:
+                      ignored_signals=(), wrapper: Wrapper | None = None) -> list:
     """
     Run C{scenario} against a fresh server of C{kind}, started in a working
-    directory of its own (the transcript calls it C{<workdir>}) with
-    C{ignored_signals} ignored.
+    directory of its own (the transcript calls it C{<workdir>}, and its
+    C{CODEX_HOME} C{<codex-home>}) with C{ignored_signals} ignored;
+    C{wrapper(kind)} is a command that runs the server.
     """
     workdir = tempfile.mkdtemp(prefix=f"execserver-interop-{kind}-")
     workdir = os.path.realpath(workdir)
     server = await support.start_server(kind, list(args), env=env, cwd=workdir,
-                                        ignored_signals=ignored_signals)
+                                        ignored_signals=ignored_signals,
+                                        wrapper=wrapper(kind) if wrapper else ())
     transcript: list = []
     connections: list = []
     try:
@@ -272,10 +278,11 @@ class InteropTestCase(unittest.TestCase):
 
     timeout = 120
 
-    async def compare(self, scenario: Scenario, args=(), env=None, ignored_signals=()) -> list:
+    async def compare(self, scenario: Scenario, args=(), env=None, ignored_signals=(),
+                      wrapper: Wrapper | None = None) -> list:
         # Both runs finish (and clean up) before either failure is reported.
         results = await DeferredList([
-            ensureDeferred(run_against(kind, scenario, args, env, ignored_signals))
+            ensureDeferred(run_against(kind, scenario, args, env, ignored_signals, wrapper))
             for kind in ("reference", "ours")
         ], consumeErrors=True)
         for kind, (succeeded, result) in zip(("reference", "ours"), results):
@@ -290,14 +297,15 @@ class InteropTestCase(unittest.TestCase):
         return ours
 
 
-def interop(scenario: Scenario, args=(), env=None, ignored_signals=()):
+def interop(scenario: Scenario, args=(), env=None, ignored_signals=(),
+            wrapper: Wrapper | None = None):
     """
     Make a test method that runs C{scenario} against both servers (started
     with C{ignored_signals} ignored) and compares the transcripts.
     """
 
     def test(self):
-        return ensureDeferred(self.compare(scenario, args, env, ignored_signals))
+        return ensureDeferred(self.compare(scenario, args, env, ignored_signals, wrapper))
 
     test.__doc__ = scenario.__doc__
     return test

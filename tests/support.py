@@ -178,19 +178,21 @@ async def start_server(
     cwd: str | None = None,
     home: str | None = None,
     ignored_signals: Iterable[int] = (),
+    wrapper: list[str] = (),
 ) -> RunningServer:
     """
     Start C{kind} ("ours" or "reference") listening on an ephemeral port,
-    with C{ignored_signals} ignored from the start. The reference's
-    C{CODEX_HOME} is C{home} (a new directory if not given).
+    with C{ignored_signals} ignored from the start; C{wrapper} is a command
+    that runs it. Its C{CODEX_HOME} is C{home} (a new directory if not
+    given).
     """
     owns_home = home is None
     if owns_home:
         home = tempfile.mkdtemp(prefix="execserver-test-home-", dir=HOME_PARENT)
     full_env = server_environment(env)
-    if kind == "reference":
-        full_env["CODEX_HOME"] = home
-    argv = ignoring_signals(server_argv(kind, "ws://127.0.0.1:0", args), ignored_signals)
+    full_env.setdefault("CODEX_HOME", home)
+    argv = [*wrapper, *ignoring_signals(server_argv(kind, "ws://127.0.0.1:0", args),
+                                        ignored_signals)]
     proto = _ServerProcess()
     process = reactor.spawnProcess(proto, argv[0], argv, env=full_env, path=cwd or home)
     try:
