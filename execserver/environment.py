@@ -67,7 +67,7 @@ CAPABILITIES = {
     "credentialMaskingCustomProviders": False,
     "capabilityDiscoverySandbox": False,
     "fsWatchMissing": True,
-    "capabilityDiscoveryV2": False,
+    "capabilityDiscoveryV2": True,
     "environmentConfigRead": True,
     "httpHeaderEnvVars": True,
     "sandboxedFileStreaming": False,
