@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import tomllib
 
 from tests.interop import InteropTestCase, interop
 
@@ -163,7 +164,6 @@ async def toml_spelling(peer):
     """
     await peer.handshake()
     user_config(peer, TOML_VALUES)
-    import tomllib
     keys = list(tomllib.loads(TOML_VALUES))
     await read(peer, "all at once", config=[[key] for key in keys])
     for key in keys:

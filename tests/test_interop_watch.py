@@ -15,8 +15,6 @@ import os
 import shutil
 import subprocess
 
-from twisted.trial import unittest
-
 from tests.interop import InteropTestCase, interop
 
 METHOD = "fs/watchMissing"
