@@ -22,9 +22,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from execserver import filesystem, oserrors
+from execserver import fsops, oserrors
 from execserver import params as P
 from execserver import paths, rpc, sandbox
+from execserver.sandbox import runner
 from execserver.server import Method, ServerConnection
 
 FAMILY = "capability discovery"
@@ -230,7 +231,7 @@ def _declared_file(root: str, field: str, value: Any, manifest: str,
 
 
 def _walk(root: str, host_root: bytes) -> dict:
-    return filesystem.walk(root, host_root, {
+    return fsops.walk(root, host_root, {
         "maxDepth": MAX_SCAN_DEPTH,
         "maxDirectories": MAX_DIRECTORIES_PER_ROOT,
         "maxEntries": MAX_ENTRIES_PER_ROOT,
@@ -330,6 +331,26 @@ def _plugin_files(root: str, manifest: dict, reader: Reader) -> dict:
     }
 
 
+#: Why discovery under a sandbox that restricts reads is refused: it reads
+#: in place, not in a confined helper.
+READS_RESTRICTED = ("sandbox intent cannot be enforced on this executor: capability "
+                    "discovery under a sandbox that restricts reads is not supported")
+
+
+def refusal(context: dict | None) -> str | None:
+    """
+    Why discovery cannot be served under the sandbox C{context}, if it
+    cannot: only a context that lets it read everything is served.
+    """
+    if not sandbox.restricts(context):
+        return None
+    try:
+        plan = runner.sandboxing.plan(context, True, helper=True)
+    except runner.SandboxUnavailable as e:
+        return str(e)
+    return None if plan.reads_everything else READS_RESTRICTED
+
+
 def discover_roots(roots: list[tuple[str, str, str | None]]) -> dict:
     return {"roots": [discover_root(*root) for root in roots]}
 
@@ -338,7 +359,7 @@ def handle_discover_v1(connection: ServerConnection, p: dict) -> Deferred:
     if len(p["roots"]) > MAX_ROOTS_PER_REQUEST:
         raise rpc.invalid_request(
             f"capability root discovery accepts at most {MAX_ROOTS_PER_REQUEST} roots")
-    roots = [(root["id"], root["path"], sandbox.restriction(root["sandbox"])) for root in p["roots"]]
+    roots = [(root["id"], root["path"], refusal(root["sandbox"])) for root in p["roots"]]
     return connection.server.run_blocking(discover_roots, roots)
 
 

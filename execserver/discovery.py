@@ -350,9 +350,9 @@ def discover() -> dict:
 
 
 def handle_discover_v2(connection: ServerConnection, p: dict) -> Deferred:
-    restriction = sandbox.restriction(p["sandbox"])
-    if restriction is not None:
-        raise rpc.invalid_request(restriction)
+    refused = capabilities.refusal(p["sandbox"])
+    if refused is not None:
+        raise rpc.invalid_request(refused)
     return connection.server.run_blocking(discover)
 
 

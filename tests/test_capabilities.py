@@ -8,7 +8,7 @@ import os
 
 from twisted.trial import unittest
 
-from execserver import capabilities, discovery, sandbox, skillfiles
+from execserver import capabilities, discovery, skillfiles
 from tests.support import scratch_directory
 
 
@@ -43,8 +43,9 @@ class RestrictedSandboxTests(unittest.TestCase):
         uri = "file://" + root
         with open(os.path.join(root, "SKILL.md"), "w") as f:
             f.write("skill")
-        refused = capabilities.discover_root("r", uri, sandbox.UNSUPPORTED)
-        self.assertEqual(refused["error"], f"failed to inspect capability root {uri}: {sandbox.UNSUPPORTED}")
+        refused = capabilities.discover_root("r", uri, capabilities.READS_RESTRICTED)
+        self.assertEqual(refused["error"],
+                         f"failed to inspect capability root {uri}: {capabilities.READS_RESTRICTED}")
         self.assertEqual(refused["skills"], [])
         found = capabilities.discover_root("r", uri)
         self.assertEqual([s["instructions"]["contents"] for s in found["skills"]], ["skill"])
