@@ -1,0 +1,493 @@
+"""
+Relay sockets: WebSockets that carry relay frames, one binary message per
+frame, at most 256 KiB each, with the 30 s Ping / 60 s Pong liveness check.
+
+    harness  ──socket──▶ rendezvous ◀──socket── executor
+    (dials; one stream)               (dials; many streams)
+
+The same layer serves every end. A socket parses each message
+(L{execserver.relay.frames.parse_frame}) and hands it to the stream
+attached under its C{stream_id} (an L{IRelayStream}); frames for other
+stream ids, undecodable or invalid frames and text messages go to the
+socket's owner (an L{IRelaySocketOwner}), which decides what they mean:
+an executor opens a stream on a handshake and drops invalid frames, a
+harness gives up on the socket, a rendezvous routes them unread.
+
+Flow control, both ways:
+
+  - Sending: streams do not write; they say they have frames
+    (L{RelaySocket.wantsToSend}) and the socket pulls one frame per stream
+    in turn while its TCP buffer has room. So no stream starves the
+    others, and a record is sealed only when it can go out.
+  - Receiving: L{RelaySocket.pauseReading} stops reading the socket, for as
+    long as any reason given is in force (a rendezvous pauses an executor's
+    socket for each harness that cannot keep up).
+
+The client side (L{connect}) dials C{ws://} or C{wss://}; the server side
+is L{RelayServerProtocol}, subclassed by the rendezvous.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import OrderedDict
+from typing import Hashable
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerProtocol,
+)
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from execserver.relay.frames import Frame, InvalidFrame, parse_frame
+from execserver.relay.limits import MAX_WEBSOCKET_MESSAGE_BYTES
+from execserver.relay.watchdog import PongWatchdog
+
+log = Logger()
+
+#: Seconds to open a socket: TCP, TLS and the WebSocket upgrade.
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+#: Why a socket ended, as codex names it in its logs.
+PONG_TIMEOUT = "pong_timeout"
+PEER_CLOSE = "peer_close"
+LOCAL_SHUTDOWN = "local_shutdown"
+
+
+def public_url(url: str) -> str:
+    """
+    C{url} without its query and fragment, which may hold a signature: the
+    only form of a rendezvous URL that may be shown or logged.
+    """
+    for separator in "?#":
+        url = url.split(separator, 1)[0]
+    return url
+
+
+class IRelayStream(Interface):
+    """
+    One stream attached to a socket: it receives its frames and produces
+    frames to send when the socket asks.
+    """
+
+    def frameReceived(frame: Frame) -> None:
+        """A valid frame with this stream's id."""
+
+    def pullFrame() -> bytes | None:
+        """
+        The next encoded frame to send, or C{None} when there is nothing
+        (the stream calls L{RelaySocket.wantsToSend} again when there is).
+        """
+
+    def socketLost(reason: Failure) -> None:
+        """The socket is gone; the stream is over."""
+
+
+class IRelaySocketOwner(Interface):
+    """
+    Whoever opened or accepted a socket: gets what no stream takes.
+    """
+
+    def socketOpened(socket: "RelaySocket") -> None:
+        """The WebSocket is open; frames may flow."""
+
+    def frameReceived(frame: Frame, raw: bytes) -> None:
+        """A valid frame for a stream id nothing is attached under."""
+
+    def invalidMessage(description: str) -> None:
+        """
+        A text message or a message that is not a valid frame (C{description}
+        is a fixed text, never the content).
+        """
+
+    def sendingPaused() -> None:
+        """The socket's send buffer is full."""
+
+    def sendingResumed() -> None:
+        """It has room again."""
+
+    def socketLost(reason: Failure) -> None:
+        """The socket is closed; C{reason} says why, if it was not clean."""
+
+
+class RelaySocketLost(ConnectionError):
+    """
+    Why a relay socket ended: C{reason} is codex's name for it
+    (L{PONG_TIMEOUT}, L{PEER_CLOSE}, ...), C{code} the WebSocket close code.
+    """
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(f"relay socket closed ({reason})")
+        self.reason = reason
+        self.code = code
+
+
+@implementer(IPushProducer)
+class RelaySocket:
+    """
+    What both sides of a relay WebSocket share (mixed into autobahn's client
+    and server protocols): frame dispatch, the stream pump, read pauses and
+    the liveness watchdog.
+
+    @ivar owner: the L{IRelaySocketOwner}; set before the socket opens.
+    @ivar sending_paused: the TCP send buffer is full.
+    """
+
+    owner = None
+    clock: IReactorTime
+
+    def _relay_init(self) -> None:
+        self.sending_paused = False
+        self._streams: dict[str, IRelayStream] = {}
+        self._ready: OrderedDict[IRelayStream, None] = OrderedDict()
+        self._pumping = False
+        self._read_pauses: set[Hashable] = set()
+        self._end_reason: str | None = None
+        self._opened = False
+        self._watchdog = PongWatchdog(self.clock, self._ping, self._pong_overdue)
+
+    # Streams
+
+    def attach(self, stream_id: str, stream: IRelayStream) -> None:
+        """Deliver the frames of C{stream_id} to C{stream} from now on."""
+        self._streams[stream_id] = stream
+
+    def detach(self, stream_id: str) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self._ready.pop(stream, None)
+
+    @property
+    def streams(self) -> dict[str, IRelayStream]:
+        """The attached streams by id (do not modify)."""
+        return self._streams
+
+    def wantsToSend(self, stream: IRelayStream) -> None:
+        """C{stream} has frames: pull them while the socket has room."""
+        self._ready[stream] = None
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._ready and not self.sending_paused and self.relay_open:
+                stream, _ = self._ready.popitem(last=False)
+                frame = stream.pullFrame()
+                if frame is None:
+                    continue
+                self._ready[stream] = None
+                self.writeFrame(frame)
+        finally:
+            self._pumping = False
+
+    # Sending
+
+    @property
+    def relay_open(self) -> bool:
+        return self._opened and self.state == self.STATE_OPEN
+
+    def writeFrame(self, data: bytes) -> None:
+        """Send one encoded frame now (dropped once the socket is closing)."""
+        if self.relay_open:
+            self.sendMessage(data, isBinary=True)
+
+    # Reading
+
+    def pauseReading(self, reason: Hashable) -> None:
+        """Stop reading until every reason given is withdrawn."""
+        if not self._read_pauses and self.transport is not None:
+            self.transport.pauseProducing()
+        self._read_pauses.add(reason)
+
+    def resumeReading(self, reason: Hashable) -> None:
+        if reason not in self._read_pauses:
+            return
+        self._read_pauses.discard(reason)
+        if not self._read_pauses and self.transport is not None:
+            self.transport.resumeProducing()
+
+    # Ending
+
+    def close(self) -> None:
+        """Close cleanly (a Close frame), after what was sent."""
+        if self._end_reason is None:
+            self._end_reason = LOCAL_SHUTDOWN
+        if self.state == self.STATE_OPEN:
+            self.sendClose(1000)
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+    def abort(self, reason: str = LOCAL_SHUTDOWN) -> None:
+        """Drop the TCP connection at once."""
+        if self._end_reason is None:
+            self._end_reason = reason
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    # IPushProducer, registered with the TCP transport: its send buffer.
+
+    def pauseProducing(self) -> None:
+        if not self.sending_paused:
+            self.sending_paused = True
+            self.owner.sendingPaused()
+
+    def resumeProducing(self) -> None:
+        if self.sending_paused:
+            self.sending_paused = False
+            self._pump()
+            if not self.sending_paused:
+                self.owner.sendingResumed()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # autobahn's callbacks
+
+    def _relay_opened(self) -> None:
+        transport = self.transport
+        transport.setTcpNoDelay(True)
+        # The server side runs under twisted.web, whose channel registered
+        # itself as the TCP transport's producer; the socket takes over.
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        transport.registerProducer(self, True)
+        if self._read_pauses:
+            transport.pauseProducing()
+        self._opened = True
+        self._watchdog.start()
+        self.owner.socketOpened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if not isBinary:
+            self.owner.invalidMessage("text message on a relay socket")
+            return
+        try:
+            frame = parse_frame(payload)
+        except InvalidFrame as e:
+            self.owner.invalidMessage(str(e))
+            return
+        stream = self._streams.get(frame.stream_id)
+        if stream is not None:
+            stream.frameReceived(frame)
+        else:
+            self.owner.frameReceived(frame, payload)
+
+    def onPong(self, payload: bytes) -> None:
+        self._watchdog.pong_received()
+
+    def _ping(self) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendPing()
+
+    def _pong_overdue(self) -> None:
+        log.info("relay socket: no Pong within the deadline", noise_reason=PONG_TIMEOUT)
+        self.abort(PONG_TIMEOUT)
+
+    def _relay_closed(self, code: int | None) -> Failure:
+        self._watchdog.stop()
+        self._opened = False
+        self._ready.clear()
+        reason = Failure(RelaySocketLost(self._end_reason or PEER_CLOSE, code))
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream.socketLost(reason)
+        return reason
+
+
+def _relay_options(factory) -> None:
+    # No autobahn timers (they run on a global batched timer, not on the
+    # injected clock); liveness is the watchdog's, deadlines the caller's.
+    factory.setProtocolOptions(
+        maxFramePayloadSize=MAX_WEBSOCKET_MESSAGE_BYTES,
+        maxMessagePayloadSize=MAX_WEBSOCKET_MESSAGE_BYTES,
+        perMessageCompressionAccept=lambda offers: None,
+        autoPingInterval=0,
+        openHandshakeTimeout=0,
+        closeHandshakeTimeout=0,
+    )
+
+
+class RelayServerProtocol(RelaySocket, WebSocketServerProtocol):
+    """
+    The accepting side, for a rendezvous: a subclass sets L{owner} in
+    C{onConnect} (or refuses the upgrade there). Its factory provides
+    C{clock}.
+    """
+
+    def connectionMade(self) -> None:
+        self.clock = self.factory.clock
+        self._relay_init()
+        super().connectionMade()
+
+    def onOpen(self) -> None:
+        self._relay_opened()
+
+    def onClose(self, wasClean: bool, code, reason) -> None:
+        if not self._opened:
+            return
+        lost = self._relay_closed(code)
+        self.owner.socketLost(lost)
+
+
+def configure_server_factory(factory, clock: IReactorTime) -> None:
+    """
+    Give an autobahn server factory of L{RelayServerProtocol}s the relay
+    socket limits and the clock of its watchdogs.
+    """
+    factory.clock = clock
+    _relay_options(factory)
+    factory.setProtocolOptions(utf8validateIncoming=False, trustXForwardedFor=0)
+
+
+class RelayConnectError(ConnectionError):
+    """
+    A relay socket could not be opened. C{status} is the HTTP status that
+    refused the upgrade, if one did (a 401 means the URL or authorization
+    expired: fetch a new one).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _RelayClientProtocol(RelaySocket, WebSocketClientProtocol):
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.clock = factory.clock
+        self.owner = factory.owner
+        self._relay_init()
+        if factory.receive_buffer is not None:
+            self.transport.getHandle().setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, factory.receive_buffer)
+        super().connectionMade()
+
+    def failHandshake(self, reason: str) -> None:
+        # autobahn logs the reason; the URL or the response may carry a
+        # signature, so only the status is kept.
+        self.wasNotCleanReason = reason
+        self.dropConnection(abort=True)
+
+    def onOpen(self) -> None:
+        self._relay_opened()
+        self.factory.opened(self)
+
+    def onClose(self, wasClean: bool, code, reason) -> None:
+        if not self._opened:
+            self.factory.failed(self._upgrade_error())
+            return
+        lost = self._relay_closed(code)
+        self.owner.socketLost(lost)
+
+    def _upgrade_error(self) -> RelayConnectError:
+        status_line = getattr(self, "http_status_line", None)
+        if status_line:
+            parts = status_line.split()
+            if len(parts) >= 2 and parts[1].isdigit() and parts[1] != "101":
+                status = int(parts[1])
+                return RelayConnectError(f"the rendezvous refused the WebSocket upgrade (HTTP {status})",
+                                         status)
+        return RelayConnectError("the rendezvous closed the connection during the WebSocket upgrade")
+
+
+class RelayClientFactory(WebSocketClientFactory):
+    """
+    Builds the dialling side of a relay socket; C{result} fires with the
+    open L{RelaySocket} or fails with L{RelayConnectError}. L{connect} is
+    the way to use it; tests connect it in memory.
+    """
+
+    protocol = _RelayClientProtocol
+
+    def __init__(self, url: str, owner: IRelaySocketOwner, clock: IReactorTime,
+                 headers: dict[str, str] | None = None, receive_buffer: int | None = None) -> None:
+        super().__init__(url, headers=headers or {})
+        self.owner = owner
+        self.clock = clock
+        self.receive_buffer = receive_buffer
+        self.result: Deferred = Deferred(self._cancel)
+        self.connecting: Deferred | None = None
+        self.cancelled = False
+        self.client: _RelayClientProtocol | None = None
+        _relay_options(self)
+        self.setProtocolOptions(utf8validateIncoming=False, serverConnectionDropTimeout=0)
+
+    def buildProtocol(self, addr):
+        self.client = super().buildProtocol(addr)
+        return self.client
+
+    def pending(self) -> bool:
+        return not self.result.called
+
+    def opened(self, protocol: _RelayClientProtocol) -> None:
+        if self.pending():
+            self.result.callback(protocol)
+
+    def failed(self, error: Exception) -> None:
+        if self.pending():
+            self.result.errback(error)
+
+    def _cancel(self, result: Deferred) -> None:
+        # Fired by the timeout or a caller that gave up.
+        self.cancelled = True
+        if self.client is not None:
+            self.client.abort()
+        elif self.connecting is not None:
+            self.connecting.cancel()
+
+
+def connect(reactor, url: str, owner: IRelaySocketOwner, clock: IReactorTime | None = None,
+            headers: dict[str, str] | None = None, trust_root=None,
+            receive_buffer: int | None = None,
+            timeout: float = CONNECT_TIMEOUT_SECONDS) -> Deferred:
+    """
+    Open a relay socket to C{url} (C{ws://} or C{wss://}; its query is kept
+    on the wire but never shown).
+
+    @param owner: gets the socket's frames and its end.
+    @param trust_root: certificate authorities for C{wss://} (the
+        platform's when C{None}).
+    @param receive_buffer: the kernel receive buffer, to bound what is in
+        flight.
+    @return: fires with the open L{RelaySocket}, or fails with
+        L{RelayConnectError} (a refused upgrade, a timeout, no route).
+    """
+    clock = clock or reactor
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"a relay URL is ws:// or wss://, got {public_url(url)!r}")
+    factory = RelayClientFactory(url, owner, clock, dict(headers or {}), receive_buffer)
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    endpoint = endpoints.HostnameEndpoint(reactor, parts.hostname, port, timeout=timeout)
+    if parts.scheme == "wss":
+        endpoint = endpoints.wrapClientTLS(
+            optionsForClientTLS(parts.hostname, trustRoot=trust_root), endpoint)
+    result = factory.result
+
+    def no_connection(reason: Failure) -> None:
+        factory.connecting = None
+        if factory.pending() and not factory.cancelled:
+            message = f"could not reach the rendezvous at {public_url(url)}: {reason.getErrorMessage()}"
+            factory.failed(RelayConnectError(message))
+
+    factory.connecting = endpoint.connect(factory)
+    factory.connecting.addCallbacks(lambda _: setattr(factory, "connecting", None), no_connection)
+
+    def timed_out(reason: Failure) -> Failure:
+        if reason.check(TimeoutError):
+            return Failure(RelayConnectError(
+                f"no WebSocket to {public_url(url)} within {timeout:g} s"))
+        return reason
+
+    result.addTimeout(timeout, clock)
+    return result.addErrback(timed_out)
