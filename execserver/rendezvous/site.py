@@ -1,0 +1,80 @@
+"""
+One rendezvous: the registry API and the relay WebSockets on one HTTP site.
+
+    POST /cloud/environment/{id}/register|validate|connect   (L{registry})
+    GET  /ws/environment/{id}?role=...&ticket=...             (L{websocket})
+    GET  /readyz                                               200
+
+    rendezvous = Rendezvous(reactor, BearerTokens({"env-1": token}))
+    reactor.listenTCP(8080, site(rendezvous))
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.interfaces import IReactorTime
+from twisted.web import resource, server
+
+from execserver.rendezvous.registry import ACTIONS, EnvironmentApi
+from execserver.rendezvous.router import Router, Tap
+from execserver.rendezvous.store import BearerTokens, IRendezvousStore, MemoryStore
+from execserver.rendezvous.websocket import websocket_factory
+
+
+class Rendezvous:
+    """
+    The state of one rendezvous process.
+
+    @param tokens: who may use which environment.
+    @param store: registrations and grants (in memory by default).
+    @param websocket_base: the C{ws://} or C{wss://} origin put in the
+        socket URLs handed out; by default, the one the caller reached.
+    @param tap: sees every frame routed (L{Router}).
+    """
+
+    def __init__(self, clock: IReactorTime, tokens: BearerTokens,
+                 store: IRendezvousStore | None = None,
+                 websocket_base: str | None = None, tap: Tap | None = None) -> None:
+        self.clock = clock
+        self.tokens = tokens
+        self.store = store if store is not None else MemoryStore(clock)
+        self.websocket_base = websocket_base
+        self.router = Router(clock, tap)
+
+
+class _Ready(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-length", b"0")
+        return b""
+
+
+class _Root(resource.Resource):
+    def __init__(self, rendezvous: Rendezvous) -> None:
+        super().__init__()
+        self.rendezvous = rendezvous
+        self.websockets = WebSocketResource(websocket_factory(rendezvous))
+
+    def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
+        segments = [path, *request.postpath]
+        if len(segments) == 4 and segments[:2] == [b"cloud", b"environment"]:
+            action = segments[3].decode("latin-1")
+            environment_id = unquote(segments[2].decode("latin-1"))
+            if environment_id and action in ACTIONS:
+                return EnvironmentApi(self.rendezvous, environment_id, action)
+        elif len(segments) == 3 and segments[:2] == [b"ws", b"environment"]:
+            return self.websockets
+        elif segments == [b"readyz"]:
+            return _Ready()
+        return resource.NoResource()
+
+
+def site(rendezvous: Rendezvous) -> server.Site:
+    """The HTTP site of C{rendezvous}."""
+    http = server.Site(_Root(rendezvous))
+    http.displayTracebacks = False
+    http.noisy = False
+    return http
