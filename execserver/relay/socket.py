@@ -349,6 +349,13 @@ def configure_server_factory(factory, clock: IReactorTime) -> None:
     factory.setProtocolOptions(utf8validateIncoming=False, trustXForwardedFor=0)
 
 
+def _tcp_socket(transport) -> socket.socket:
+    """The TCP socket under a transport, through TLS if there is any."""
+    while not isinstance(transport.getHandle(), socket.socket):
+        transport = transport.transport
+    return transport.getHandle()
+
+
 class RelayConnectError(ConnectionError):
     """
     A relay socket could not be opened. C{status} is the HTTP status that
@@ -368,7 +375,7 @@ class _RelayClientProtocol(RelaySocket, WebSocketClientProtocol):
         self.owner = factory.owner
         self._relay_init()
         if factory.receive_buffer is not None:
-            self.transport.getHandle().setsockopt(
+            _tcp_socket(self.transport).setsockopt(
                 socket.SOL_SOCKET, socket.SO_RCVBUF, factory.receive_buffer)
         super().connectionMade()
 
