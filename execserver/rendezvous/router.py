@@ -118,8 +118,12 @@ class Router:
         self._executor_waiters.setdefault(environment_id, []).append(waiter)
         return waiter
 
-    def _send(self, peer, direction: str, environment_id: str, raw: bytes,
-              frame: Frame | None = None) -> None:
+    def deliver(self, peer, direction: str, environment_id: str, raw: bytes,
+                frame: Frame | None = None) -> None:
+        """
+        The one place a frame leaves the router (routed, or a reset of its
+        own); a subclass may watch or alter what passes here.
+        """
         if self.tap is not None:
             self.tap(direction, environment_id, frame or parse_frame(raw), raw)
         peer.writeFrame(raw)
@@ -149,7 +153,7 @@ class Router:
             self.executor_blocked(peer, False, environment_id)
         for stream_id, harness in list(environment.routes.items()):
             self._unroute(environment, stream_id)
-            self._send(harness.peer, TO_HARNESS, environment_id, encode_reset(stream_id))
+            self.deliver(harness.peer, TO_HARNESS, environment_id, encode_reset(stream_id))
         self._forget_if_empty(environment_id)
 
     def from_executor(self, peer, frame: Frame, raw: bytes) -> None:
@@ -164,7 +168,7 @@ class Router:
             return
         if frame.kind is FrameKind.RESET:
             self._unroute(environment, frame.stream_id)
-        self._send(harness.peer, TO_HARNESS, environment_id, raw, frame)
+        self.deliver(harness.peer, TO_HARNESS, environment_id, raw, frame)
 
     def executor_blocked(self, peer, blocked: bool, environment_id: str | None = None) -> None:
         """The executor's socket cannot take more (or can again)."""
@@ -207,7 +211,7 @@ class Router:
         for stream_id in list(harness.streams):
             self._unroute(environment, stream_id)
             if environment.executor is not None:
-                self._send(environment.executor, TO_EXECUTOR, harness.environment_id,
+                self.deliver(environment.executor, TO_EXECUTOR, harness.environment_id,
                            encode_reset(stream_id))
         self._forget_if_empty(harness.environment_id)
 
@@ -223,7 +227,7 @@ class Router:
                 return
             if (environment.executor is None
                     or len(harness.streams) >= MAX_STREAMS_PER_HARNESS_SOCKET):
-                self._send(peer, TO_HARNESS, harness.environment_id, encode_reset(stream_id))
+                self.deliver(peer, TO_HARNESS, harness.environment_id, encode_reset(stream_id))
                 return
             environment.routes[stream_id] = harness
             harness.streams.add(stream_id)
@@ -232,7 +236,7 @@ class Router:
             return
         if frame.kind is FrameKind.RESET:
             self._unroute(environment, stream_id)
-        self._send(environment.executor, TO_EXECUTOR, harness.environment_id, raw, frame)
+        self.deliver(environment.executor, TO_EXECUTOR, harness.environment_id, raw, frame)
 
     def harness_blocked(self, peer, blocked: bool) -> None:
         """A harness socket cannot take more (or can again)."""

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web import resource, server
 
 from execserver.rendezvous.registry import ACTIONS, EnvironmentApi
-from execserver.rendezvous.router import Router, Tap
+from execserver.rendezvous.router import Router
 from execserver.rendezvous.store import BearerTokens, IRendezvousStore, MemoryStore
 from execserver.rendezvous.websocket import websocket_factory
 
@@ -31,17 +31,17 @@ class Rendezvous:
     @param store: registrations and grants (in memory by default).
     @param websocket_base: the C{ws://} or C{wss://} origin put in the
         socket URLs handed out; by default, the one the caller reached.
-    @param tap: sees every frame routed (L{Router}).
+    @param router: the routes (a new L{Router} by default).
     """
 
     def __init__(self, clock: IReactorTime, tokens: BearerTokens,
                  store: IRendezvousStore | None = None,
-                 websocket_base: str | None = None, tap: Tap | None = None) -> None:
+                 websocket_base: str | None = None, router: Router | None = None) -> None:
         self.clock = clock
         self.tokens = tokens
         self.store = store if store is not None else MemoryStore(clock)
         self.websocket_base = websocket_base
-        self.router = Router(clock, tap)
+        self.router = router if router is not None else Router(clock)
 
 
 class _Ready(resource.Resource):
