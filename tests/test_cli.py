@@ -368,7 +368,8 @@ class UrlTests(CliTestCase):
 
     async def test_without_a_url(self):
         self.assertEqual(await self.run_cli("info", env=self.environment(url=False)), (
-            2, b"", b"execserver-client: error: no server URL: give --url or set $EXECSERVER_URL\n"))
+            2, b"", b"execserver-client: error: no server: give --url or --registry, or set "
+                    b"$EXECSERVER_URL or $CODEX_EXEC_SERVER_NOISE_REGISTRY_URL\n"))
 
     async def test_an_error_nobody_reads_still_ends_the_command(self):
         # Our stderr is a pipe whose reader has gone: the error line cannot

@@ -7,8 +7,16 @@ The C{execserver-client} command line.
     execserver-client [--url ...] [--json] ls PATH
     execserver-client [--url ...] [--json] stat PATH
     execserver-client [--url ...] [--json] info
+    execserver-client --registry URL --environment-id ID [--token-file F] COMMAND ...
 
-C{--url} defaults to C{$EXECSERVER_URL}. Paths are on the server's host;
+C{--url} defaults to C{$EXECSERVER_URL}, then C{$CODEX_EXEC_SERVER_URL}.
+C{--registry} reaches a remote executor through its environment registry
+and rendezvous (an encrypted relay stream); its defaults are the variables
+codex reads, C{$CODEX_EXEC_SERVER_NOISE_REGISTRY_URL},
+C{$CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID} and
+C{$CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN} (the token, unless C{--token-file}
+names a file holding it). As in codex, those variables take precedence
+over the URL variables; an explicit C{--url} wins. Paths are on the server's host;
 relative ones are taken from the server's working directory, C{file:} URIs
 are used as they are.
 
@@ -37,14 +45,21 @@ from zope.interface import implementer
 
 import execserver
 from execserver import paths, rpc
-from execserver.client.connectors import WebSocketConnector
+from execserver.client.connectors import IConnector, WebSocketConnector
 from execserver.client.core import ExecServerClient
 from execserver.client.errors import ClientError, RemoteError
 from execserver.client.process import RUNNING, IProcessReceiver
 from execserver.client.terminal import InputReader, OutputWriter, RawTerminal
+from execserver.noise.errors import NoiseError
+from execserver.remote.harness import RelayConnector
 
 PROG = "execserver-client"
 URL_VARIABLE = "EXECSERVER_URL"
+#: The variables codex itself reads: one environment serves both.
+CODEX_URL_VARIABLE = "CODEX_EXEC_SERVER_URL"
+REGISTRY_VARIABLE = "CODEX_EXEC_SERVER_NOISE_REGISTRY_URL"
+ENVIRONMENT_VARIABLE = "CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID"
+TOKEN_VARIABLE = "CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN"
 
 #: Exit status of a file or info command that failed.
 EXIT_FAILURE = 1
@@ -94,8 +109,15 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG, parents=[common],
         description="Run commands and reach files on an exec-server.",
     )
-    parser.add_argument("--url", default=os.environ.get(URL_VARIABLE),
-                        help=f"server URL, ws://HOST:PORT (default: ${URL_VARIABLE})")
+    parser.add_argument("--url",
+                        help=f"server URL, ws://HOST:PORT (default: ${URL_VARIABLE}, "
+                             f"then ${CODEX_URL_VARIABLE})")
+    parser.add_argument("--registry", metavar="URL",
+                        help=f"environment registry of a remote executor (default: ${REGISTRY_VARIABLE})")
+    parser.add_argument("--environment-id", metavar="ID",
+                        help=f"the remote environment (default: ${ENVIRONMENT_VARIABLE})")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help=f"file holding the registry token (default: ${TOKEN_VARIABLE})")
     parser.add_argument("--version", action="version",
                         version=f"{PROG} {execserver.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -133,8 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     arguments = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     arguments.json = getattr(arguments, "json", False)
-    if not arguments.url:
-        _usage_error(f"no server URL: give --url or set ${URL_VARIABLE}")
+    _choose_server(arguments)
     if arguments.command == "exec":
         command = arguments.argv[1:] if arguments.argv[:1] == ["--"] else arguments.argv
         if not command:
@@ -175,8 +196,54 @@ def _usage_error(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
+def _variable(name: str) -> str | None:
+    """A variable as codex reads it: trimmed, and unset when empty."""
+    return os.environ.get(name, "").strip() or None
+
+
+def _choose_server(arguments: argparse.Namespace) -> None:
+    """
+    A local URL or a remote environment, from the options, then the
+    variables; sets C{url}, or C{registry}, C{environment_id} and C{token}.
+    """
+    if arguments.url and arguments.registry:
+        _usage_error("give either --url or --registry, not both")
+    if not arguments.url and (arguments.registry or _variable(REGISTRY_VARIABLE)):
+        arguments.registry = arguments.registry or _variable(REGISTRY_VARIABLE)
+        arguments.environment_id = arguments.environment_id or _variable(ENVIRONMENT_VARIABLE)
+        if not arguments.environment_id:
+            _usage_error(f"--registry needs --environment-id or ${ENVIRONMENT_VARIABLE}")
+        if arguments.token_file:
+            try:
+                with open(arguments.token_file, encoding="utf-8") as f:
+                    arguments.token = f.read().strip()
+            except (OSError, UnicodeDecodeError) as e:
+                _usage_error(f"cannot read the token file {arguments.token_file}: {e}")
+        else:
+            arguments.token = _variable(TOKEN_VARIABLE)
+        if not arguments.token:
+            _usage_error(f"--registry needs a token: --token-file or ${TOKEN_VARIABLE}")
+        return
+    arguments.registry = None
+    arguments.url = arguments.url or _variable(URL_VARIABLE) or _variable(CODEX_URL_VARIABLE)
+    if not arguments.url:
+        _usage_error(f"no server: give --url or --registry, or set ${URL_VARIABLE} "
+                     f"or ${REGISTRY_VARIABLE}")
+
+
+def _connector(reactor, arguments: argparse.Namespace) -> IConnector:
+    if arguments.registry is None:
+        return WebSocketConnector(reactor, arguments.url)
+    return RelayConnector(reactor, arguments.registry, arguments.environment_id, arguments.token)
+
+
 async def _run(reactor, arguments: argparse.Namespace) -> int:
-    client = ExecServerClient(WebSocketConnector(reactor, arguments.url), reactor)
+    try:
+        connector = _connector(reactor, arguments)
+    except (ValueError, NoiseError) as e:
+        _report(arguments, _label(arguments), str(e), None)
+        return EXIT_CLIENT_ERROR if arguments.command == "exec" else EXIT_FAILURE
+    client = ExecServerClient(connector, reactor)
     label = _label(arguments)
     try:
         try:
@@ -699,7 +766,7 @@ async def _info(reactor, client: ExecServerClient, arguments) -> int:
     shell = info.get("shell") or {}
     capabilities = sorted(name for name, on in (info.get("capabilities") or {}).items() if on)
     _print_fields([
-        ("server", arguments.url),
+        ("server", client.connector.description),
         ("session", client.session_id or "unknown"),
         ("version", str(info.get("executorVersion", "unknown"))),
         ("platform", str(info.get("platformOs", "unknown"))),
