@@ -12,9 +12,11 @@ from io import BytesIO
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
+from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from execserver.noise.keys import NoiseIdentity
@@ -22,7 +24,7 @@ from execserver.relay import frames
 from execserver.relay import socket as relay_socket
 from execserver.relay.socket import IRelaySocketOwner, RelayConnectError
 from execserver.rendezvous.registry import SECURITY_PROFILE
-from execserver.rendezvous.site import Rendezvous, site
+from execserver.rendezvous.site import Rendezvous, access_log_line, site
 from execserver.rendezvous.store import BearerTokens
 from tests import support
 
@@ -221,3 +223,31 @@ class RendezvousSiteTests(unittest.TestCase):
         missing = await self.agent.request(b"GET", f"{self.base}/nothing".encode())
         await readBody(missing)
         self.assertEqual((response.code, missing.code), (200, 404))
+
+
+    async def test_no_log_event_shows_a_ticket_a_token_or_an_authorization(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        registration, _ = await self.executor_online()
+        _, bundle = await self.connect()
+        await self.open_socket(bundle["url"])
+        with self.assertRaises(RelayConnectError):
+            await relay_socket.connect(reactor, bundle["url"], WaitingOwner())
+        await self.post("env-1", "validate", {
+            "executor_registration_id": registration["executor_registration_id"],
+            "harness_public_key": HARNESS_KEY.to_json_object(),
+            "harness_key_authorization": bundle["harness_key_authorization"]})
+        text = "\n".join(formatEvent(event) or "" for event in events)
+        self.assertIn('"POST /cloud/environment/env-1/validate HTTP/1.1" 200', text)
+        for secret in (TOKEN, registration["url"].split("ticket=")[1],
+                       bundle["url"].split("ticket=")[1], bundle["harness_key_authorization"]):
+            self.assertNotIn(secret, text)
+
+    def test_the_access_log_drops_the_query(self):
+        request = DummyRequest([b"ws", b"environment", b"env-1"])
+        request.uri = b"/ws/environment/env-1?role=harness&ticket=secret-ticket"
+        request.code, request.sentLength = 101, 0
+        line = access_log_line("[01/Jan/2026:00:00:00 +0000]", request)
+        self.assertIn('"GET /ws/environment/env-1 HTTP/1.0"', line)
+        self.assertNotIn("secret", line)

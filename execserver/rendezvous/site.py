@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IReactorTime
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from execserver.rendezvous.registry import ACTIONS, EnvironmentApi
 from execserver.rendezvous.router import Router
@@ -72,9 +72,25 @@ class _Root(resource.Resource):
         return resource.NoResource()
 
 
+class _WithoutQuery:
+    """A request as the access log sees it: its URI loses the query."""
+
+    def __init__(self, request: server.Request) -> None:
+        self._request = request
+        self.uri = request.uri.split(b"?", 1)[0]
+
+    def __getattr__(self, name: str):
+        return getattr(self._request, name)
+
+
+def access_log_line(timestamp: str, request: server.Request) -> str:
+    """The combined log format, without the query (socket tickets)."""
+    return http.combinedLogFormatter(timestamp, _WithoutQuery(request))
+
+
 def site(rendezvous: Rendezvous) -> server.Site:
     """The HTTP site of C{rendezvous}."""
-    http = server.Site(_Root(rendezvous))
-    http.displayTracebacks = False
-    http.noisy = False
-    return http
+    web = server.Site(_Root(rendezvous), logFormatter=access_log_line)
+    web.displayTracebacks = False
+    web.noisy = False
+    return web
