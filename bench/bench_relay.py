@@ -1,0 +1,199 @@
+"""
+Remote mode's cost: our harness (the client library over RelayConnector)
+against the reference executor behind our rendezvous, compared with the
+same client over a local WebSocket to the reference, in one run.
+
+* round trip: process/start of /bin/true until process/closed (p50, p90)
+* throughput: stdout of `head -c 32MiB /dev/zero` delivered to the client,
+  with the CPU seconds per MiB of the harness (this process), of the
+  executor and, through the relay, of the rendezvous; the medians of
+  several transfers, alternating between the two paths
+
+The rendezvous runs in its own process (bench/rendezvous.py).
+
+    python bench/bench_relay.py [--rounds N] [--mib N] [--transfers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from twisted.internet import reactor  # noqa: E402
+from twisted.internet.task import deferLater  # noqa: E402
+from zope.interface import implementer  # noqa: E402
+
+from bench import common  # noqa: E402
+from execserver.client import ConnectFailed, ExecServerClient, WebSocketConnector  # noqa: E402
+from execserver.client.process import IProcessReceiver  # noqa: E402
+from execserver.remote.harness import RelayConnector  # noqa: E402
+
+ENVIRONMENT_ID = "bench"
+TOKEN = "bench-relay-token"
+ENV = {"PATH": "/usr/bin:/bin"}
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{thread}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total / 1e9
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Remote:
+    """The rendezvous, and the reference executor registered behind it."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ, BENCH_RENDEZVOUS_TOKEN=TOKEN, PYTHONPATH=str(common.ROOT))
+        self.rendezvous = subprocess.Popen(
+            [sys.executable, "-m", "bench.rendezvous", ENVIRONMENT_ID],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.registry_url = self.rendezvous.stdout.readline().decode().strip()
+        home = tempfile.mkdtemp(prefix="execserver-bench-remote-", dir="/var/tmp")
+        self.executor = subprocess.Popen(
+            [common.reference_binary(), "exec-server", "--remote", self.registry_url,
+             "--environment-id", ENVIRONMENT_ID, "--registration-bearer-stdin"],
+            env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+                 "CODEX_HOME": home},
+            cwd=home, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.executor.stdin.write(TOKEN.encode() + b"\n")
+        self.executor.stdin.close()
+
+    def stop(self) -> None:
+        for process in (self.executor, self.rendezvous):
+            process.terminate()
+            process.wait(10)
+
+
+@implementer(IProcessReceiver)
+class Counter:
+    def __init__(self) -> None:
+        self.received = 0
+
+    def attached(self, handle) -> None:
+        pass
+
+    def outputReceived(self, stream: str, data: bytes) -> None:
+        self.received += len(data)
+
+    def processExited(self, exit_code: int) -> None:
+        pass
+
+    def processClosed(self) -> None:
+        pass
+
+    def processFailed(self, reason) -> None:
+        pass
+
+
+async def connected(connector, attempts: int = 1) -> ExecServerClient:
+    """A connected client; retried while the executor is still registering."""
+    for attempt in range(attempts):
+        client = ExecServerClient(connector, reactor)
+        try:
+            await client.connect()
+            return client
+        except ConnectFailed:
+            if attempt == attempts - 1:
+                raise
+            await deferLater(reactor, 0.2, lambda: None)
+
+
+async def round_trips(client: ExecServerClient, rounds: int) -> dict:
+    for _ in range(20):  # warm up
+        handle = await client.start_process(["/bin/true"], env=ENV)
+        await handle.when_closed()
+    times = []
+    for _ in range(rounds):
+        started = common.now()
+        handle = await client.start_process(["/bin/true"], env=ENV)
+        await handle.when_closed()
+        times.append(common.now() - started)
+    return {"p50": common.median(times) * 1000, "p90": common.percentile(times, 0.9) * 1000}
+
+
+async def transfer(client: ExecServerClient, mib: int, pids: dict[str, int]) -> dict:
+    """One transfer: MiB/s, and CPU ms per MiB of this process and of C{pids}."""
+    total = mib * 1024 * 1024
+    counter = Counter()
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    own_before = own_cpu_seconds()
+    started = common.now()
+    handle = await client.start_process(["head", "-c", str(total), "/dev/zero"], env=ENV,
+                                        receiver=counter)
+    await handle.when_closed()
+    elapsed = common.now() - started
+    own = own_cpu_seconds() - own_before
+    if counter.received != total:
+        raise RuntimeError(f"received {counter.received} of {total} bytes")
+    result = {"rate": mib / elapsed, "harness_cpu": own / mib * 1000}
+    for name, pid in pids.items():
+        result[f"{name}_cpu"] = (cpu_seconds(pid) - cpu_before[name]) / mib * 1000
+    return result
+
+
+def medians(results: list[dict]) -> dict:
+    return {key: common.median([result[key] for result in results]) for key in results[0]}
+
+
+async def main(args) -> str:
+    local = common.Server("reference")
+    remote = Remote()
+    try:
+        modes = {
+            "ws": (await connected(WebSocketConnector(reactor, local.url)),
+                   {"executor": local.popen.pid}),
+            "relay": (await connected(RelayConnector(reactor, remote.registry_url,
+                                                     ENVIRONMENT_ID, TOKEN), attempts=50),
+                      {"executor": remote.executor.pid, "rendezvous": remote.rendezvous.pid}),
+        }
+        results = {mode: await round_trips(client, args.rounds)
+                   for mode, (client, _) in modes.items()}
+        transfers = {mode: [] for mode in modes}
+        for _ in range(args.transfers):  # alternating, so both see the same machine
+            for mode, (client, pids) in modes.items():
+                transfers[mode].append(await transfer(client, args.mib, pids))
+        for mode, (client, _) in modes.items():
+            results[mode].update(medians(transfers[mode]))
+            client.close()
+    finally:
+        local.stop()
+        remote.stop()
+    ws, relay = results["ws"], results["relay"]
+    rows = [
+        common.Row("start→closed round trip p50", "ms", ws["p50"], relay["p50"], "reported", "lower"),
+        common.Row("start→closed round trip p90", "ms", ws["p90"], relay["p90"], "reported", "lower"),
+        common.Row(f"stdout throughput, {args.mib} MiB", "MiB/s", ws["rate"], relay["rate"],
+                   "reported", "higher"),
+        common.Row("harness CPU per MiB", "ms/MiB", ws["harness_cpu"], relay["harness_cpu"],
+                   "reported", "lower"),
+        common.Row("executor CPU per MiB", "ms/MiB", ws["executor_cpu"], relay["executor_cpu"],
+                   "reported", "lower"),
+    ]
+    table = common.report("Relay benchmark (bench/bench_relay.py): our harness, reference executor",
+                          rows, columns=("local WebSocket", "relay"))
+    return (table + f"\n\nrendezvous CPU per MiB: {relay['rendezvous_cpu']:.3g} ms/MiB "
+            f"(medians of {args.transfers} transfers)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--mib", type=int, default=32)
+    parser.add_argument("--transfers", type=int, default=7)
+    args = parser.parse_args()
+    common.run(lambda: main(args))
