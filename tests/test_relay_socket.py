@@ -161,6 +161,26 @@ class SendingTests(unittest.TestCase):
         self.assertEqual(payloads(self.pair.server_owner), [])
 
 
+class ClosingTests(unittest.TestCase):
+    def test_close_sends_a_close_frame_and_both_ends_learn_of_it(self):
+        pair = RelayPair()
+        pair.client.close()
+        pair.flush()
+        (client_lost,), (server_lost,) = pair.client_owner.lost, pair.server_owner.lost
+        self.assertEqual((client_lost.value.reason, client_lost.value.code),
+                         (relay_socket.LOCAL_SHUTDOWN, 1000))
+        self.assertEqual(server_lost.value.reason, relay_socket.PEER_CLOSE)
+        self.assertEqual(pair.clock.getDelayedCalls(), [])
+
+    def test_a_peer_that_does_not_answer_the_close_is_dropped_after_5_seconds(self):
+        pair = RelayPair()
+        pair.client.close()  # never flushed: the Close frame gets no answer
+        pair.clock.advance(relay_socket.CLOSE_TIMEOUT_SECONDS - 0.1)
+        self.assertFalse(pair.client.transport.disconnecting)
+        pair.clock.advance(0.1)
+        self.assertTrue(pair.client.transport.disconnecting)
+
+
 class LivenessTests(unittest.TestCase):
     def test_a_peer_that_answers_pings_keeps_the_socket(self):
         pair = RelayPair()

@@ -56,6 +56,10 @@ log = Logger()
 #: Seconds to open a socket: TCP, TLS and the WebSocket upgrade.
 CONNECT_TIMEOUT_SECONDS = 10.0
 
+#: Seconds a peer has to answer our Close frame before the connection is
+#: dropped.
+CLOSE_TIMEOUT_SECONDS = 5.0
+
 #: Why a socket ended, as codex names it in its logs.
 PONG_TIMEOUT = "pong_timeout"
 PEER_CLOSE = "peer_close"
@@ -152,6 +156,7 @@ class RelaySocket:
         self._read_pauses: set[Hashable] = set()
         self._end_reason: str | None = None
         self._opened = False
+        self._close_timer = None
         self._watchdog = PongWatchdog(self.clock, self._ping, self._pong_overdue)
 
     # Streams
@@ -224,6 +229,7 @@ class RelaySocket:
             self._end_reason = LOCAL_SHUTDOWN
         if self.state == self.STATE_OPEN:
             self.sendClose(1000)
+            self._close_timer = self.clock.callLater(CLOSE_TIMEOUT_SECONDS, self.abort)
         elif self.transport is not None:
             self.transport.loseConnection()
 
@@ -295,6 +301,8 @@ class RelaySocket:
 
     def _relay_closed(self, code: int | None) -> Failure:
         self._watchdog.stop()
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
         self._opened = False
         self._ready.clear()
         reason = Failure(RelaySocketLost(self._end_reason or PEER_CLOSE, code))
