@@ -187,7 +187,7 @@ class EnvironmentApi(resource.Resource):
 
 
 def _write(request: server.Request, status: int, value: Any) -> None:
-    if request.finished or request._disconnected:
+    if request.finished or request.channel is None:
         return
     body = json.dumps(value, separators=(",", ":")).encode("utf-8")
     request.setResponseCode(status)
