@@ -172,12 +172,9 @@ class ClosingTests(unittest.TestCase):
         self.assertEqual(server_lost.value.reason, relay_socket.PEER_CLOSE)
         self.assertEqual(pair.clock.getDelayedCalls(), [])
 
-    def test_a_peer_that_does_not_answer_the_close_is_dropped_after_5_seconds(self):
+    def test_close_does_not_wait_for_the_peers_close(self):
         pair = RelayPair()
-        pair.client.close()  # never flushed: the Close frame gets no answer
-        pair.clock.advance(relay_socket.CLOSE_TIMEOUT_SECONDS - 0.1)
-        self.assertFalse(pair.client.transport.disconnecting)
-        pair.clock.advance(0.1)
+        pair.client.close()
         self.assertTrue(pair.client.transport.disconnecting)
 
 

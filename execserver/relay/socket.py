@@ -56,10 +56,6 @@ log = Logger()
 #: Seconds to open a socket: TCP, TLS and the WebSocket upgrade.
 CONNECT_TIMEOUT_SECONDS = 10.0
 
-#: Seconds a peer has to answer our Close frame before the connection is
-#: dropped.
-CLOSE_TIMEOUT_SECONDS = 5.0
-
 #: Why a socket ended, as codex names it in its logs.
 PONG_TIMEOUT = "pong_timeout"
 PEER_CLOSE = "peer_close"
@@ -156,7 +152,6 @@ class RelaySocket:
         self._read_pauses: set[Hashable] = set()
         self._end_reason: str | None = None
         self._opened = False
-        self._close_timer = None
         self._watchdog = PongWatchdog(self.clock, self._ping, self._pong_overdue)
 
     # Streams
@@ -224,13 +219,15 @@ class RelaySocket:
     # Ending
 
     def close(self) -> None:
-        """Close cleanly (a Close frame), after what was sent."""
+        """
+        Close after what was sent: a Close frame, then the TCP connection,
+        without waiting for the peer's Close (which may never come).
+        """
         if self._end_reason is None:
             self._end_reason = LOCAL_SHUTDOWN
         if self.state == self.STATE_OPEN:
             self.sendClose(1000)
-            self._close_timer = self.clock.callLater(CLOSE_TIMEOUT_SECONDS, self.abort)
-        elif self.transport is not None:
+        if self.transport is not None:
             self.transport.loseConnection()
 
     def abort(self, reason: str = LOCAL_SHUTDOWN) -> None:
@@ -301,8 +298,6 @@ class RelaySocket:
 
     def _relay_closed(self, code: int | None) -> Failure:
         self._watchdog.stop()
-        if self._close_timer is not None and self._close_timer.active():
-            self._close_timer.cancel()
         self._opened = False
         self._ready.clear()
         reason = Failure(RelaySocketLost(self._end_reason or PEER_CLOSE, code))
