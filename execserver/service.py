@@ -28,6 +28,7 @@ from execserver import environment
 from execserver.guardian import Guardian
 from execserver.interfaces import IMessageProtocol
 from execserver.methods import all_methods
+from execserver.sandbox import runner
 from execserver.server import HANDSHAKE_TIMEOUT_SECONDS, ExecServer
 from execserver.transports import stdio, websocket
 
@@ -47,6 +48,11 @@ class Options(usage.Options):
         ["handshake-timeout", None, HANDSHAKE_TIMEOUT_SECONDS,
          "Close a connection that has not sent initialize after this many "
          "seconds (0 = never).", float],
+        ["bwrap", None, None,
+         "The bubblewrap program that confines sandboxed children (default: bwrap on PATH)."],
+        ["linux-sandbox-pid-namespace", None, "isolate",
+         "'isolate' gives sandboxed children a PID namespace of their own; "
+         "'inherit' leaves them in ours."],
     ]
 
     def opt_version(self) -> None:
@@ -75,6 +81,9 @@ class Options(usage.Options):
             raise usage.UsageError("--concurrent-requests must be at least 1")
         if self["handshake-timeout"] < 0:
             raise usage.UsageError("--handshake-timeout must not be negative")
+        if self["linux-sandbox-pid-namespace"] not in ("isolate", "inherit"):
+            raise usage.UsageError(
+                "--linux-sandbox-pid-namespace must be 'isolate' or 'inherit'")
 
 
 class ExecServerService(service.Service):
@@ -251,6 +260,10 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
 def _build(config: Options, reactor) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
+    runner.configure(runner.SandboxConfig(
+        bwrap=config["bwrap"],
+        pid_namespace=config["linux-sandbox-pid-namespace"] == "isolate",
+    ))
     exec_server = ExecServer(
         reactor,
         all_methods(),

@@ -11,7 +11,7 @@ import os
 import socket
 import subprocess
 
-from twisted.internet import protocol, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 
 from execserver import environment, paths
@@ -230,3 +230,42 @@ class PidNamespaceTests(SandboxTestCase):
     async def test_by_default_children_have_their_own(self):
         output, _ = await self.run_sandboxed("p", f"kill -0 {os.getpid()} 2>/dev/null || echo host-invisible; echo $$")
         self.assertEqual(output, "host-invisible\n2\n")
+
+
+class CommandLineTests(unittest.TestCase):
+    """
+    The server's sandbox options reach its sandboxing.
+    """
+
+    timeout = 60
+
+    async def sandboxed_pid(self, *args: str) -> str:
+        server = await support.start_server("ours", list(args))
+        self.addCleanup(lambda: defer.ensureDeferred(server.stop()))
+        queue = await support.connect(server.url)
+        self.addCleanup(queue.close)
+        queue.send({"id": 1, "method": "initialize", "params": {"clientName": "t"}})
+        await queue.response(1)
+        queue.send({"method": "initialized"})
+        root = os.path.realpath(support.scratch_directory(self, "execserver-sandbox-"))
+        queue.send({"id": 2, "method": "process/start", "params": start_params(
+            "p", ["/bin/sh", "-c", "echo $$"], sandbox=workspace(root),
+            cwd=paths.from_host_path(root))})
+        reply = await queue.response(2)
+        if "error" in reply:
+            return reply["error"]["message"]
+        output = await queue.notification(lambda m: m["method"] == "process/output")
+        return base64.b64decode(output["params"]["chunk"]).decode().strip()
+
+    async def test_pid_namespace_inherit(self):
+        self.assertNotEqual(await self.sandboxed_pid("--linux-sandbox-pid-namespace", "inherit"), "2")
+
+    async def test_pid_namespace_isolate_is_the_default(self):
+        self.assertEqual(await self.sandboxed_pid(), "2")
+
+    async def test_bwrap_names_the_program(self):
+        missing = "/nonexistent/bwrap"
+        message = await self.sandboxed_pid("--bwrap", missing)
+        self.assertTrue(message.startswith("sandbox intent cannot be enforced on this executor: "),
+                        message)
+        self.assertIn(missing, message)
