@@ -192,12 +192,14 @@ class OrderlyStop(service.Service):
         self.stopping = True
 
     def _guard_signals(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum, reactor_handler in ((signal.SIGINT, self.reactor.sigInt),
+                                        (signal.SIGTERM, self.reactor.sigTerm)):
             handler = signal.getsignal(signum)
-            # Only the handlers the reactor installed: an ignored SIGINT
-            # (nohup, a shell's &) stays ignored.
-            if getattr(handler, "__self__", None) is self.reactor:
-                signal.signal(signum, self._signal_handler(handler))
+            # Twisted leaves an ignored SIGINT (nohup, a shell's &) ignored;
+            # the reference stops on it all the same, and so do we. (Our
+            # children get it back: spawn restores what we ignore.)
+            if getattr(handler, "__self__", None) is self.reactor or handler == signal.SIG_IGN:
+                signal.signal(signum, self._signal_handler(reactor_handler))
 
     def _signal_handler(self, reactor_handler):
         def handle(signum, frame):

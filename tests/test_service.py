@@ -39,7 +39,8 @@ class OptionsTests(unittest.SynchronousTestCase):
 
     def test_bad_values(self):
         for args in (["--listen", "tcp"], ["--interface", "localhost"], ["--port", "70000"],
-                     ["--concurrent-requests", "0"], ["--port", "x"], ["--handshake-timeout", "-1"]):
+                     ["--concurrent-requests", "0"], ["--port", "x"], ["--handshake-timeout", "-1"],
+                     ["--linux-sandbox-pid-namespace", "shared"]):
             self.assertRaises(usage.UsageError, self.parse, *args)
 
     def test_ipv6(self):
@@ -160,6 +161,20 @@ class ShutdownTests(unittest.TestCase):
         reason = await queue.lost
         self.assertEqual(reason.args, (1001, "server shutting down"))
         self.assertEqual(queue.messages, [])
+
+
+class IgnoredInterruptTests(unittest.TestCase):
+    timeout = 60
+
+    async def test_a_server_started_with_sigint_ignored_stops_on_it(self):
+        """
+        As the reference does: a server started by nohup or a shell's &
+        still stops on SIGINT.
+        """
+        for kind in ("reference", "ours"):
+            server = await support.start_server(kind, ignored_signals=(signal.SIGINT,))
+            server.process.signalProcess("INT")
+            await support.with_timeout(server.proto.ended)
 
 
 class KilledServerTests(unittest.TestCase):
