@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -23,7 +24,7 @@ import termios
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from twisted.internet import abstract, main
+from twisted.internet import abstract, error, main
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.python.failure import Failure
@@ -146,6 +147,9 @@ class _OutputReader(abstract.FileDescriptor):
         self.fd = fd
         self.stream = stream
         self.child = child
+        #: Set once we know the stream is over (end of file, an error, or
+        #: we ended it); a loss reported otherwise is checked first.
+        self.over = False
 
     def fileno(self) -> int:
         return self.fd
@@ -156,11 +160,13 @@ class _OutputReader(abstract.FileDescriptor):
         except BlockingIOError:
             return None
         except OSError as e:
+            self.over = True
             # A PTY master reports EIO once every slave side is closed.
             if e.errno == errno.EIO:
                 return main.CONNECTION_DONE
             return e
         if not data:
+            self.over = True
             return main.CONNECTION_DONE
         self.child.handler.childOutput(self.stream, data)
         return None
@@ -183,8 +189,16 @@ class _OutputReader(abstract.FileDescriptor):
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
+        if not self.over and self.fd >= 0 and not self.drain():
+            # The reactor dropped us over a hang-up that was not ours (an
+            # event for an earlier holder of this descriptor number): the
+            # stream is still open. Closing it would hang up a terminal.
+            self.disconnected = 0
+            self.connected = 1
+            self.child._resumeAfterSpuriousLoss(self)
+            return
+        self.over = True
         self.child._readerLost(self)
-
 
 
 def _close_later(reactor, fd: int, then=None) -> None:
@@ -205,6 +219,7 @@ def _close_later(reactor, fd: int, then=None) -> None:
 
 
 def _end(reader: "_OutputReader") -> None:
+    reader.over = True
     reader.stopReading()
     reader.connectionLost(Failure(main.CONNECTION_DONE))
 
@@ -231,6 +246,8 @@ class _InputWriter(abstract.FileDescriptor):
         super().__init__(reactor)
         self.connected = 1
         self.fd = fd
+        #: Set when we drop it ourselves (L{abort}).
+        self.aborted = False
 
     def fileno(self) -> int:
         return self.fd
@@ -245,11 +262,21 @@ class _InputWriter(abstract.FileDescriptor):
         Close at once, dropping what is still queued: nobody will read it.
         """
         if not self.disconnected:
+            self.aborted = True
             self.stopWriting()
             self.connectionLost(Failure(main.CONNECTION_LOST))
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
+        if (reason.check(error.ConnectionLost) and not self.aborted
+                and self.fd >= 0 and not _hung_up(self.fd)):
+            # The reactor dropped us over a hang-up that was not ours (an
+            # event for an earlier holder of this descriptor number): the
+            # child's stdin is still open.
+            self.disconnected = 0
+            self.connected = 1
+            self.startWriting()
+            return
         # Unwritten bytes are never written now; a child that never read
         # them must not keep them in memory.
         self.dataBuffer = b""
@@ -258,6 +285,17 @@ class _InputWriter(abstract.FileDescriptor):
         if self.fd >= 0:
             _close_later(self.reactor, self.fd)
             self.fd = -1
+
+
+def _hung_up(fd: int) -> bool:
+    """
+    Whether the other end of a pipe or terminal is gone, asked of the
+    kernel rather than believed from an event.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP | select.POLLNVAL)
+               for _, events in poller.poll(0))
 
 
 class _PtyMaster(_OutputReader):
@@ -334,6 +372,7 @@ class Child:
         #: stream of it has ended (its descriptor closed).
         self.finished: Deferred = Deferred()
         self._watcher: _ExitWatcher | None = None
+        self._paused = False
         self._linger = None
 
     def start(self) -> None:
@@ -467,13 +506,22 @@ class Child:
         self.popen.poll()
 
     def pauseProducing(self) -> None:
+        self._paused = True
         for reader in self.readers:
             reader.stopReading()
 
     def resumeProducing(self) -> None:
+        self._paused = False
         for reader in self.readers:
             if reader.fd >= 0:
                 reader.startReading()
+
+    def _resumeAfterSpuriousLoss(self, reader: _OutputReader) -> None:
+        if not self._paused:
+            reader.startReading()
+        if isinstance(reader, _PtyMaster):
+            # It may have terminal input queued (nothing to write stops it).
+            reader.startWriting()
 
     def _readerLost(self, reader: _OutputReader) -> None:
         if reader not in self.readers or reader.fd < 0:

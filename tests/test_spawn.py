@@ -45,13 +45,14 @@ class Recorder:
         self.exited.callback(exit_code)
 
 
-def start_child(testcase, argv: list[str]) -> tuple[Child, Recorder]:
+def start_child(testcase, argv: list[str], tty: bool = False) -> tuple[Child, Recorder]:
     """
-    A pipe child reading its stdin, killed at the end of the test.
+    A child reading its stdin (a pipe, or a terminal), killed at the end of
+    the test.
     """
     handler = Recorder()
     spec = ChildSpec(executable=argv[0], argv=argv, cwd="/", env={"PATH": "/usr/bin:/bin"},
-                     tty=False, pipe_stdin=True)
+                     tty=tty, pipe_stdin=True)
     child = Child(reactor, spec, handler)
     child.start()
 
@@ -102,6 +103,45 @@ class StaleEventTests(unittest.TestCase):
         self.assertEqual((sorted(handler.ended), still_open, child.readers),
                          (["stderr", "stdout"], [], []))
         self.assertEqual(handler.output, [("stdout", b"hi\n")])
+
+
+class SpuriousLossTests(unittest.TestCase):
+    """
+    The reactor drops a descriptor over a hang-up event that was meant for an
+    earlier holder of its number: what the kernel says wins.
+    """
+
+    @staticmethod
+    def drop(descriptor, reason) -> None:
+        # What the reactor does with a hang-up event for the number.
+        reactor.removeReader(descriptor)
+        reactor.removeWriter(descriptor)
+        descriptor.connectionLost(Failure(reason))
+
+    async def test_a_terminal_is_not_hung_up(self):
+        child, handler = start_child(self, ["/bin/cat"], tty=True)
+        (master,) = child.readers
+        self.drop(master, main.CONNECTION_DONE)
+        child.write(b"x\n\x04")
+        self.assertEqual(await support.with_timeout(handler.exited), 0)
+
+    async def test_a_pipe_keeps_its_output(self):
+        child, handler = start_child(self, ["/bin/sh", "-c", "read x; echo late; exit 3"])
+        (stdout, _) = child.readers
+        self.drop(stdout, main.CONNECTION_DONE)
+        child.write(b"go\n")
+        self.assertEqual(await support.with_timeout(handler.exited), 3)
+        await support.with_timeout(handler.all_ended)
+        self.assertEqual(handler.output, [("stdout", b"late\n")])
+
+    async def test_stdin_stays_open(self):
+        child, handler = start_child(self, ["/bin/sh", "-c", "read a; read b; echo $a$b"])
+        child.write(b"1\n")
+        self.drop(child.stdin, main.CONNECTION_LOST)
+        child.write(b"2\n")
+        self.assertEqual(await support.with_timeout(handler.exited), 0)
+        await support.with_timeout(handler.all_ended)
+        self.assertEqual(handler.output, [("stdout", b"12\n")])
 
 
 class ShutdownTests(unittest.TestCase):
