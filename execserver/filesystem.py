@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from execserver import fshelper, fsops, oserrors
 from execserver import params as P
-from execserver import paths, rpc, sandbox
+from execserver import audit, paths, rpc, sandbox
 from execserver.sandbox import runner
 from execserver.sandbox import policy
 from execserver.sandbox.policy import Plan
@@ -297,12 +297,30 @@ def _operation(connection: ServerConnection, plan: Plan | None, op: str, *args,
     if plan is None or (plan.reads_everything and reading):
         # As in the reference: what the profile lets anyone read is read
         # in place.
-        return _blocking(connection, getattr(fsops, op), *args)
-    if any(policy.hidden_runtime(plan, path) for path in where):
+        done = _blocking(connection, getattr(fsops, op), *args)
+    elif any(policy.hidden_runtime(plan, path) for path in where):
         if op == "remove" and args[2]:
             return _blocking(connection, dict)  # forced: nothing to remove
         return _blocking(connection, _invisible)
-    return _blocking(connection, fshelper.call, runner.sandboxing, plan, op, list(args))
+    else:
+        done = _blocking(connection, fshelper.call, runner.sandboxing, plan, op, list(args))
+    if not reading:
+        done.addCallback(_audited, connection, _AUDIT_EVENTS.get(op, "fs.write"), where)
+    return done
+
+
+#: The audit event of each operation that changes files (fs/open for
+#: writing is an fs.write).
+_AUDIT_EVENTS = {"remove": "fs.remove", "copy": "fs.copy", "create_directory": "fs.mkdir"}
+
+
+def _audited(result: Any, connection: ServerConnection, event: str,
+             where: tuple[bytes, ...]) -> Any:
+    fields = {"path": os.fsdecode(where[0])}
+    if len(where) > 1:
+        fields["destination"] = os.fsdecode(where[1])
+    audit.record(event, connection=connection.id, **fields)
+    return result
 
 
 #: The operations that only read (and fs/open in read mode).

@@ -22,6 +22,11 @@ class IMessageTransport(IPushProducer):
     protocol holds back only its own connection.
     """
 
+    peer = Attribute(
+        "Who is at the other end, for logs: 'IP:PORT' of a WebSocket, 'stdio', "
+        "'relay stream ID'."
+    )
+
     parseErrorPrefix = Attribute(
         "How a malformed message from this peer is introduced in the error "
         "sent back, e.g. 'failed to parse websocket JSON-RPC message from "

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pybase64
 from twisted.internet.defer import Deferred
 
-from execserver import rpc, wirejson
+from execserver import audit, rpc, wirejson
 from execserver.sandbox import denial
 from execserver.spawn import Child, ChildSpec
 
@@ -256,6 +256,8 @@ class ManagedProcess:
         if self.sandboxed:
             self.sandbox_denied = denial.likely_denied(exit_code, self.log.retained())
         seq = self.log.record_exit(exit_code)
+        audit.record("process.exit", session=self.session.id, process=self.process_id,
+                     exit_code=exit_code)
         self.session.deliver(rpc.encode_notification("process/exited", {
             "processId": self.process_id,
             "seq": seq,

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import TimeoutError, ensureDeferred
 
-from execserver import environment, oserrors
+from execserver import audit, environment, oserrors
 from execserver import params as P
 from execserver import paths, rpc, sandbox, uuids
 from execserver.process import ManagedProcess
@@ -261,7 +261,10 @@ def start(connection: ServerConnection, p: dict) -> dict:
     if targets:
         process.child.finished.addBoth(_released, targets)
     session.processes[process_id] = process
-    return {"processId": process_id, "sandboxType": runner.SANDBOX_TYPE if plan is not None else "none"}
+    sandbox_type = runner.SANDBOX_TYPE if plan is not None else "none"
+    audit.record("process.start", session=session.id, process=process_id, argv0=argv[0],
+                 cwd=os.fsdecode(cwd), tty=tty, sandbox=sandbox_type)
+    return {"processId": process_id, "sandboxType": sandbox_type}
 
 
 def _released(result: Any, targets: tuple[bytes, ...]) -> Any:

@@ -14,6 +14,7 @@ stay responsive and an ordinary lane for the rest.
 from __future__ import annotations
 
 import collections
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -24,6 +25,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from execserver import audit
 from execserver import params as P
 from execserver import rpc
 from execserver.interfaces import IMessageProtocol, IMessageTransport
@@ -93,10 +95,11 @@ class ExecServer:
         #: How long a connection may take to send initialize; 0: forever.
         self.handshake_timeout = handshake_timeout
         self.registry = SessionRegistry(reactor, self.clock, guardian)
+        self._connection_ids = itertools.count(1)
         self.threadpool = threadpool
 
     def buildConnection(self) -> "ServerConnection":
-        return ServerConnection(self)
+        return ServerConnection(self, next(self._connection_ids))
 
     def run_blocking(self, function: Callable, *args, **kwargs) -> Deferred:
         """
@@ -117,8 +120,10 @@ class ServerConnection:
     The JSON-RPC server side of one connection.
     """
 
-    def __init__(self, server: ExecServer) -> None:
+    def __init__(self, server: ExecServer, connection_id: int = 0) -> None:
         self.server = server
+        #: Names the connection in logs and the audit trail.
+        self.id = connection_id
         self.reactor = server.reactor
         self.transport: IMessageTransport | None = None
         self.connected = False
@@ -150,6 +155,7 @@ class ServerConnection:
     def makeConnection(self, transport: IMessageTransport) -> None:
         self.transport = transport
         self.connected = True
+        audit.record("connection.open", connection=self.id, peer=transport.peer)
         transport.registerProducer(self, True)
         if self.server.handshake_timeout > 0:
             self._handshake_timer = self.server.clock.callLater(
@@ -177,6 +183,7 @@ class ServerConnection:
         if not self.connected:
             return
         self.connected = False
+        audit.record("connection.close", connection=self.id)
         self._queue.clear()
         self._queued_bytes = 0
         for pending in list(self._in_flight):
@@ -406,8 +413,11 @@ class ServerConnection:
         resume = decoded["resumeSessionId"]
         if resume is None:
             self.session = registry.create(self)
+            event = "session.create"
         else:
             self.session = registry.resume(resume, self)
+            event = "session.resume"
+        audit.record(event, session=self.session.id, connection=self.id)
         self.initialize_requested = True
         return {
             "sessionId": self.session.id,

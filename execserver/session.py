@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from execserver import rpc
+from execserver import audit, rpc
 from execserver.process import CATCH_UP_SECONDS, ManagedProcess
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ class Session:
         if self.connection is not connection:
             return
         self.connection = None
+        audit.record("session.detach", session=self.id)
         self._cancel_catch_up()
         self.paused = False
         for process in self.processes.values():
@@ -95,6 +96,7 @@ class Session:
         self._catch_up = None
 
     def expire(self) -> None:
+        audit.record("session.expire", session=self.id)
         self._expiry = None
         self.registry.remove(self)
         self.kill_all()
@@ -172,7 +174,6 @@ class SessionRegistry:
                 f"session {session_id} is already attached to another connection",
             )
         session.attach(connection)
-        log.info("resumed session {session_id}", session_id=session_id)
         return session
 
     def remove(self, session: Session) -> None:

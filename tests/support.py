@@ -306,6 +306,7 @@ class FakeMessageTransport:
     An in-memory message transport: records what the connection sends.
     """
 
+    peer = "test"
     parseErrorPrefix = "failed to parse JSON-RPC message from test"
 
     def __init__(self) -> None:

@@ -50,6 +50,7 @@ def b64(data: bytes) -> str:
 
 @implementer(IMessageTransport, IPushProducer)
 class ScriptedTransport:
+    peer = "scripted"
     parseErrorPrefix = "scripted"
 
     def __init__(self) -> None:

@@ -78,6 +78,7 @@ class NoiseStream:
         self.stream_id = stream_id
         self.shares_socket = shares_socket
         self.sends_resets = sends_resets
+        self.peer = f"relay stream {stream_id}"
         self.parseErrorPrefix = "failed to parse Noise relay JSON-RPC message"
         self._on_end = on_end
         self._encoder = RecordEncoder(ciphers.send)

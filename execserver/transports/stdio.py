@@ -35,6 +35,7 @@ class LineMessageProtocol(protocol.Protocol):
     arriving in many pieces costs linear time.
     """
 
+    peer = "stdio"
     parseErrorPrefix = "failed to parse JSON-RPC message from exec-server stdio"
 
     def __init__(

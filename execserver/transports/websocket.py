@@ -62,9 +62,10 @@ class MessageTransport:
         self.protocol = protocol
         peer = protocol.transport.getPeer()
         host = f"[{peer.host}]" if ":" in peer.host else peer.host
+        self.peer = f"{host}:{peer.port}"
         self.parseErrorPrefix = (
             "failed to parse websocket JSON-RPC message from "
-            f"exec-server websocket {host}:{peer.port}"
+            f"exec-server websocket {self.peer}"
         )
 
     def sendMessage(self, data: bytes | tuple[bytes, ...]) -> None:
