@@ -373,6 +373,9 @@ class Child:
         self.finished: Deferred = Deferred()
         self._watcher: _ExitWatcher | None = None
         self._paused = False
+        #: A terminal whose slave sides are all closed, kept open until the
+        #: session leader has exited (L{_readerLost}).
+        self._hung_up_terminal: _PtyMaster | None = None
         self._linger = None
 
     def start(self) -> None:
@@ -528,6 +531,13 @@ class Child:
             return
         if isinstance(reader, _PtyMaster):
             self.stdin = None
+            if self.exit_code is None:
+                # Every slave side is closed, but the session leader has
+                # not exited yet (it closes its descriptors first): closing
+                # the master now would hang up its terminal and kill it with
+                # SIGHUP. The master is closed once the leader has exited.
+                self._hung_up_terminal = reader
+                return
             if self._linger is not None and self._linger.active():
                 self._linger.cancel()
             self._linger = None
@@ -549,14 +559,17 @@ class Child:
         returncode = self.popen.poll()
         if returncode is None:
             returncode = self.popen.wait()
+        self.exit_code = exit_code_from_status(returncode)
         # Output written before the exit is recorded before the exit; pipes
         # end when every holder is gone, a terminal soon after its leader.
         for reader in list(self.readers):
             if reader.drain():
                 _end(reader)
+        if self._hung_up_terminal is not None:
+            terminal, self._hung_up_terminal = self._hung_up_terminal, None
+            self._readerLost(terminal)
         if self.spec.tty and any(reader.fd >= 0 for reader in self.readers):
             self._linger = self.reactor.callLater(PTY_LINGER_SECONDS, self._end_terminal)
-        self.exit_code = exit_code_from_status(returncode)
         # Later writes are accepted and dropped (as in the reference); what
         # is still queued goes the same way instead of waiting for a reader
         # that may never come.

@@ -105,6 +105,19 @@ class StaleEventTests(unittest.TestCase):
         self.assertEqual(handler.output, [("stdout", b"hi\n")])
 
 
+class TerminalHangUpTests(unittest.TestCase):
+    async def test_a_leader_that_closes_its_terminal_first_is_not_hung_up(self):
+        """
+        A terminal's session leader closes its terminal descriptors, then
+        exits a little later (as every program does at exit, in a shorter
+        window): its terminal must stay up until it has exited, or the
+        hang-up kills it with SIGHUP.
+        """
+        child, handler = start_child(
+            self, ["/bin/sh", "-c", "exec </dev/null >/dev/null 2>&1; exec sleep 1"], tty=True)
+        self.assertEqual(await support.with_timeout(handler.exited), 0)
+
+
 class SpuriousLossTests(unittest.TestCase):
     """
     The reactor drops a descriptor over a hang-up event that was meant for an
