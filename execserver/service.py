@@ -38,21 +38,41 @@ log = Logger()
 THREADS = 8
 
 
+#: Options of the server core, shared by every service that runs one
+#: (C{execserver}, C{execserver-remote}); L{check_core_options} checks them.
+CORE_PARAMETERS = [
+    ["concurrent-requests", None, 1,
+     "Requests served concurrently per connection (1 = strictly in order).", int],
+    ["handshake-timeout", None, HANDSHAKE_TIMEOUT_SECONDS,
+     "Close a connection that has not sent initialize after this many "
+     "seconds (0 = never).", float],
+    ["bwrap", None, None,
+     "The bubblewrap program that confines sandboxed children (default: bwrap on PATH)."],
+    ["linux-sandbox-pid-namespace", None, "isolate",
+     "'isolate' gives sandboxed children a PID namespace of their own; "
+     "'inherit' leaves them in ours."],
+]
+
+
+def check_core_options(config: usage.Options) -> None:
+    """
+    @raise usage.UsageError: a L{CORE_PARAMETERS} value is out of range.
+    """
+    if config["concurrent-requests"] < 1:
+        raise usage.UsageError("--concurrent-requests must be at least 1")
+    if config["handshake-timeout"] < 0:
+        raise usage.UsageError("--handshake-timeout must not be negative")
+    if config["linux-sandbox-pid-namespace"] not in ("isolate", "inherit"):
+        raise usage.UsageError(
+            "--linux-sandbox-pid-namespace must be 'isolate' or 'inherit'")
+
+
 class Options(usage.Options):
     optParameters = [
         ["interface", None, "127.0.0.1", "IP address to listen on."],
         ["port", None, 8765, "TCP port to listen on (0 picks a free one).", int],
         ["listen", None, "ws", "Transport: 'ws' (WebSocket) or 'stdio'."],
-        ["concurrent-requests", None, 1,
-         "Requests served concurrently per connection (1 = strictly in order).", int],
-        ["handshake-timeout", None, HANDSHAKE_TIMEOUT_SECONDS,
-         "Close a connection that has not sent initialize after this many "
-         "seconds (0 = never).", float],
-        ["bwrap", None, None,
-         "The bubblewrap program that confines sandboxed children (default: bwrap on PATH)."],
-        ["linux-sandbox-pid-namespace", None, "isolate",
-         "'isolate' gives sandboxed children a PID namespace of their own; "
-         "'inherit' leaves them in ours."],
+        *CORE_PARAMETERS,
     ]
 
     def opt_version(self) -> None:
@@ -77,13 +97,7 @@ class Options(usage.Options):
             ) from None
         if not 0 <= self["port"] <= 65535:
             raise usage.UsageError("--port must be between 0 and 65535")
-        if self["concurrent-requests"] < 1:
-            raise usage.UsageError("--concurrent-requests must be at least 1")
-        if self["handshake-timeout"] < 0:
-            raise usage.UsageError("--handshake-timeout must not be negative")
-        if self["linux-sandbox-pid-namespace"] not in ("isolate", "inherit"):
-            raise usage.UsageError(
-                "--linux-sandbox-pid-namespace must be 'isolate' or 'inherit'")
+        check_core_options(self)
 
 
 class ExecServerService(service.Service):
@@ -259,9 +273,12 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
         sys.exit(1)
 
 
-def _build(config: Options, reactor) -> service.MultiService:
-    if reactor is None:
-        from twisted.internet import reactor
+def build_core(config: usage.Options, reactor, top: service.MultiService) -> ExecServer:
+    """
+    The server core as the L{CORE_PARAMETERS} of C{config} configure it,
+    with its thread pool and guardian, run (and, when stopped, its
+    processes killed) by a service added to C{top}.
+    """
     runner.configure(runner.SandboxConfig(
         bwrap=config["bwrap"],
         pid_namespace=config["linux-sandbox-pid-namespace"] == "isolate",
@@ -275,10 +292,17 @@ def _build(config: Options, reactor) -> service.MultiService:
         handshake_timeout=config["handshake-timeout"],
         guardian=Guardian(reactor),
     )
+    ExecServerService(exec_server).setServiceParent(top)
+    return exec_server
+
+
+def _build(config: Options, reactor) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
     top = service.MultiService()
     stopper = OrderlyStop(reactor)
     stopper.setServiceParent(top)
-    ExecServerService(exec_server).setServiceParent(top)
+    exec_server = build_core(config, reactor, top)
     if config["listen"] == "stdio":
         StdioListener(reactor, exec_server.buildConnection, stopper.stop,
                       stdout=_private_stdout()).setServiceParent(top)
