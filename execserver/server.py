@@ -29,6 +29,7 @@ from execserver import audit
 from execserver import params as P
 from execserver import rpc
 from execserver.interfaces import IMessageProtocol, IMessageTransport
+from execserver.metrics import Metrics
 from execserver.session import Session, SessionRegistry
 
 log = Logger()
@@ -85,6 +86,7 @@ class ExecServer:
         clock=None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
         guardian=None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.reactor = reactor
         #: Timers; the reactor unless a test injects a clock.
@@ -97,6 +99,8 @@ class ExecServer:
         self.registry = SessionRegistry(reactor, self.clock, guardian)
         self._connection_ids = itertools.count(1)
         self.threadpool = threadpool
+        #: Counted whether or not anyone scrapes them.
+        self.metrics = metrics if metrics is not None else Metrics(frozenset(methods) | {"initialize"})
 
     def buildConnection(self) -> "ServerConnection":
         return ServerConnection(self, next(self._connection_ids))
@@ -112,6 +116,15 @@ class ExecServer:
         Kill every managed process group; fires once all are reaped.
         """
         return self.registry.shutdown()
+
+    def running_processes(self) -> list:
+        """
+        The managed processes that have not finished (exited, and their
+        output read to the end).
+        """
+        return [process for session in self.registry.sessions.values()
+                for process in session.processes.values()
+                if not process.child.finished.called]
 
 
 @implementer(IMessageProtocol)
@@ -328,6 +341,7 @@ class ServerConnection:
         return None
 
     def _request(self, request: rpc.Request) -> Deferred | None:
+        started = self.server.clock.seconds()
         method = self.server.methods.get(request.method)
         if request.method == "initialize":
             run = self._initialize
@@ -335,62 +349,69 @@ class ServerConnection:
             self._reply_error(request, rpc.RpcError(
                 rpc.METHOD_NOT_FOUND,
                 f"exec-server stub does not implement `{request.method}` yet",
-            ))
+            ), started)
             return None
         else:
             run = lambda params: self._call(method, params)
         if self.initialized and self._lanes:
             lane = self._lanes[method is not None and method.control]
-            self._track(lane.run(run, request.params), request)
+            self._track(lane.run(run, request.params), request, started)
             return None
         try:
             result = run(request.params)
         except rpc.RpcError as e:
-            self._reply_error(request, e)
+            self._reply_error(request, e, started)
             return None
         except Exception:
-            self._internal_error(request, Failure())
+            self._internal_error(request, Failure(), started)
             return None
         if isinstance(result, Deferred):
-            return self._track(result, request)
-        self._reply(request, result)
+            return self._track(result, request, started)
+        self._reply(request, result, started)
         return None
 
-    def _track(self, pending: Deferred, request: rpc.Request) -> Deferred:
+    def _track(self, pending: Deferred, request: rpc.Request, started: float) -> Deferred:
         self._in_flight.add(pending)
 
         def done(result):
             self._in_flight.discard(pending)
             if isinstance(result, Failure):
                 if result.check(rpc.RpcError):
-                    self._reply_error(request, result.value)
+                    self._reply_error(request, result.value, started)
                 elif not result.check(CancelledError):
-                    self._internal_error(request, result)
+                    self._internal_error(request, result, started)
             else:
-                self._reply(request, result)
+                self._reply(request, result, started)
             self._update_reading()
 
         pending.addBoth(done)
         return pending
 
-    def _reply(self, request: rpc.Request, result: Any) -> None:
+    def _reply(self, request: rpc.Request, result: Any, started: float) -> None:
         try:
             encoded = rpc.encode_response(request.id, result)
         except Exception:
-            self._internal_error(request, Failure())
+            self._internal_error(request, Failure(), started)
             return
+        self._measure(request, True, started)
         self.sendMessage(encoded)
 
-    def _internal_error(self, request: rpc.Request, failure: Failure) -> None:
+    def _internal_error(self, request: rpc.Request, failure: Failure, started: float) -> None:
         """
         A bug of ours: the peer gets an error; the connection and everyone
         else carry on.
         """
         log.failure("handler for {method} failed", failure, method=request.method)
-        self._reply_error(request, rpc.internal_error("internal error"))
+        self._reply_error(request, rpc.internal_error("internal error"), started)
 
-    def _reply_error(self, request: rpc.Request, error: rpc.RpcError) -> None:
+    def _reply_error(self, request: rpc.Request, error: rpc.RpcError, started: float) -> None:
+        self._measure(request, False, started)
         self.sendMessage(rpc.encode_error(request.id, error.code, error.message))
+
+    def _measure(self, request: rpc.Request, succeeded: bool, started: float) -> None:
+        server = self.server
+        server.metrics.request_completed(
+            request.method, succeeded, server.clock.seconds() - started)
 
     def _call(self, method: Method, params: Any) -> Any:
         # As in the reference, params are decoded before the handshake gate.

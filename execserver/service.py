@@ -2,10 +2,13 @@
 The C{twistd execserver} command: options and service.
 
     twistd -n execserver [--interface 127.0.0.1] [--port 8765]
-    twistd -n execserver --listen stdio
+    twistd -n execserver --listen ws://IP:PORT | stdio | unix:PATH | systemd:domain=INET:index=0
+    twistd -n execserver ... [--ws-auth MODE ...] [--admin-listen http://IP:PORT]
 
-With a WebSocket listener, the bound C{ws://IP:PORT} URL is printed on its
-own line on stdout once the port is open.
+With a WebSocket listener, its URL (C{ws://IP:PORT}, or C{unix:PATH}) is
+printed on its own line on stdout once the reactor runs; then the admin
+listener's (C{http://IP:PORT}), if there is one. Startup errors are one
+line on stderr, C{Error: ...} as the reference says it, and exit status 1.
 """
 
 from __future__ import annotations
@@ -17,25 +20,31 @@ import sys
 from typing import Callable
 
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import endpoints
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 import execserver
-from execserver import environment
+from execserver import environment, listening, operations, wsauth
 from execserver.guardian import Guardian
 from execserver.interfaces import IMessageProtocol
 from execserver.methods import all_methods
+from execserver.metrics import Metrics
+from execserver.operations import OPERATING_PARAMETERS, check_operating_options
+from execserver.readiness import Readiness, SystemdNotifier
 from execserver.sandbox import runner
-from execserver.server import HANDSHAKE_TIMEOUT_SECONDS, ExecServer
+from execserver.server import HANDSHAKE_TIMEOUT_SECONDS, ExecServer, ServerConnection
 from execserver.transports import stdio, websocket
 
 log = Logger()
 
 #: Threads for blocking filesystem work.
 THREADS = 8
+#: Where the server listens without --listen, --interface or --port.
+DEFAULT_INTERFACE = "127.0.0.1"
+DEFAULT_PORT = 8765
 
 
 #: Options of the server core, shared by every service that runs one
@@ -69,10 +78,25 @@ def check_core_options(config: usage.Options) -> None:
 
 class Options(usage.Options):
     optParameters = [
-        ["interface", None, "127.0.0.1", "IP address to listen on."],
-        ["port", None, 8765, "TCP port to listen on (0 picks a free one).", int],
-        ["listen", None, "ws", "Transport: 'ws' (WebSocket) or 'stdio'."],
+        ["listen", None, None,
+         "Where to listen: ws://IP:PORT (IPv6 in brackets), stdio, or a Twisted endpoint "
+         "(unix:PATH, systemd:domain=INET:index=0, tcp:PORT:interface=IP). "
+         "Default: --interface and --port."],
+        ["interface", None, None, "IP address to listen on (default 127.0.0.1)."],
+        ["port", None, None, "TCP port to listen on (default 8765; 0 picks a free one).", int],
+        ["ws-auth", None, None,
+         "Authenticate WebSocket clients: capability-token or signed-bearer-token."],
+        ["ws-token-file", None, None, "File holding the capability token."],
+        ["ws-token-sha256", None, None, "Hex SHA-256 digest of the capability token."],
+        ["ws-shared-secret-file", None, None,
+         "File holding the HS256 secret of signed JWT bearer tokens (at least 32 bytes)."],
+        ["ws-issuer", None, None, "Expected issuer (iss) of signed JWT bearer tokens."],
+        ["ws-audience", None, None, "Expected audience (aud) of signed JWT bearer tokens."],
+        ["ws-max-clock-skew-seconds", None, None,
+         f"Clock skew allowed for exp and nbf of signed JWT bearer tokens "
+         f"(default {wsauth.DEFAULT_CLOCK_SKEW_SECONDS}).", int],
         *CORE_PARAMETERS,
+        *OPERATING_PARAMETERS,
     ]
 
     def opt_version(self) -> None:
@@ -83,21 +107,46 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self) -> None:
-        if self["listen"] == "stdio://":
-            self["listen"] = "stdio"
-        if self["listen"] not in ("ws", "stdio"):
-            raise usage.UsageError(
-                f"unsupported --listen {self['listen']!r}; expected 'ws' or 'stdio'"
-            )
-        try:
-            ipaddress.ip_address(self["interface"])
-        except ValueError:
-            raise usage.UsageError(
-                f"--interface must be an IP address, not {self['interface']!r}"
-            ) from None
-        if not 0 <= self["port"] <= 65535:
+        if self["interface"] is not None:
+            try:
+                ipaddress.ip_address(self["interface"])
+            except ValueError:
+                raise usage.UsageError(
+                    f"--interface must be an IP address, not {self['interface']!r}"
+                ) from None
+        if self["port"] is not None and not 0 <= self["port"] <= 65535:
             raise usage.UsageError("--port must be between 0 and 65535")
+        if self["listen"] is not None and (self["interface"], self["port"]) != (None, None):
+            raise usage.UsageError("give --listen or --interface/--port, not both")
+        if self["ws-auth"] is not None and self["ws-auth"] not in wsauth.MODES:
+            raise usage.UsageError(
+                f"--ws-auth must be one of {', '.join(wsauth.MODES)}, not {self['ws-auth']!r}")
+        skew = self["ws-max-clock-skew-seconds"]
+        if skew is not None and skew < 0:
+            raise usage.UsageError("--ws-max-clock-skew-seconds must not be negative")
         check_core_options(self)
+        check_operating_options(self)
+
+    def listen_target(self) -> listening.ListenTarget:
+        """
+        @raise listening.ListenError: C{--listen} is not a form we know.
+        """
+        if self["listen"] is not None:
+            return listening.parse_listen(self["listen"])
+        interface = self["interface"] if self["interface"] is not None else DEFAULT_INTERFACE
+        port = self["port"] if self["port"] is not None else DEFAULT_PORT
+        return listening.tcp_target(interface, port)
+
+    def auth_settings(self) -> wsauth.AuthSettings:
+        return wsauth.AuthSettings(
+            mode=self["ws-auth"],
+            token_file=self["ws-token-file"],
+            token_sha256=self["ws-token-sha256"],
+            shared_secret_file=self["ws-shared-secret-file"],
+            issuer=self["ws-issuer"],
+            audience=self["ws-audience"],
+            max_clock_skew_seconds=self["ws-max-clock-skew-seconds"],
+        )
 
 
 class ExecServerService(service.Service):
@@ -124,24 +173,24 @@ class ExecServerService(service.Service):
         return result
 
 
-def ws_url(address) -> str:
-    host = f"[{address.host}]" if ":" in address.host else address.host
-    return f"ws://{host}:{address.port}"
-
-
 class StartupError(Exception):
     """
     Why the server cannot start, reported as one line on stderr.
     """
 
 
-def listen_now(endpoint, factory, where: str):
+def listen_now(reactor, description: str, factory, where: str):
     """
     Listen at once, while C{makeService} runs: twistd daemonizes after
     that, so a failure is still reported on the terminal that started us.
 
+    @param description: for C{serverFromString}.
     @raise StartupError: the endpoint cannot listen (the port is taken...).
     """
+    try:
+        endpoint = endpoints.serverFromString(reactor, description)
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise StartupError(f"cannot listen on {where}: {_endpoint_problem(e)}") from None
     outcomes: list = []
     endpoint.listen(factory).addBoth(outcomes.append)
     (outcome,) = outcomes
@@ -153,36 +202,11 @@ def listen_now(endpoint, factory, where: str):
     return outcome
 
 
-class WebSocketListener(service.Service):
-    """
-    Announces the URL of a listening WebSocket port; when stopped, closes
-    the port and every open WebSocket (with 1001, going away).
-    """
-
-    def __init__(self, reactor, port, websockets: websocket.OpenWebSockets, out=None):
-        self.reactor = reactor
-        self.port = port
-        self.websockets = websockets
-        self.out = out if out is not None else sys.stdout
-
-    def startService(self) -> None:
-        super().startService()
-        url = ws_url(self.port.getHost())
-        log.info("exec-server listening on {url}", url=url)
-        # Printed once the reactor runs (and handles signals): a program that
-        # reads the URL may start using, and stopping, the server at once.
-        self.reactor.callWhenRunning(self._announce, url)
-
-    def _announce(self, url: str) -> None:
-        self.out.write(url + "\n")
-        self.out.flush()
-
-    def stopService(self):
-        super().stopService()
-        # Stopped before ExecServerService (a MultiService stops its
-        # children in reverse order): the Close frames are sent before the
-        # processes are killed, so clients never see those deaths.
-        return defer.gatherResults([self.port.stopListening(), self.websockets.go_away()])
+def _endpoint_problem(error: Exception) -> str:
+    if isinstance(error, IndexError):
+        # systemd: asked for a descriptor that was not passed.
+        return "no such inherited socket (LISTEN_FDS)"
+    return str(error) or type(error).__name__
 
 
 class OrderlyStop(service.Service):
@@ -269,15 +293,18 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
     try:
         return _build(config, reactor)
     except StartupError as e:
-        sys.stderr.write(f"execserver: {e}\n")
+        # As the reference reports its startup errors.
+        sys.stderr.write(f"Error: {e}\n")
         sys.exit(1)
 
 
-def build_core(config: usage.Options, reactor, top: service.MultiService) -> ExecServer:
+def build_core(config: usage.Options, reactor, top: service.MultiService,
+               metrics: Metrics | None = None) -> ExecServer:
     """
     The server core as the L{CORE_PARAMETERS} of C{config} configure it,
     with its thread pool and guardian, run (and, when stopped, its
-    processes killed) by a service added to C{top}.
+    processes killed) by a service added to C{top}; it counts into
+    C{metrics} (its own by default).
     """
     runner.configure(runner.SandboxConfig(
         bwrap=config["bwrap"],
@@ -291,6 +318,7 @@ def build_core(config: usage.Options, reactor, top: service.MultiService) -> Exe
         threadpool=ThreadPool(minthreads=0, maxthreads=THREADS, name="execserver-io"),
         handshake_timeout=config["handshake-timeout"],
         guardian=Guardian(reactor),
+        metrics=metrics,
     )
     ExecServerService(exec_server).setServiceParent(top)
     return exec_server
@@ -299,22 +327,93 @@ def build_core(config: usage.Options, reactor, top: service.MultiService) -> Exe
 def _build(config: Options, reactor) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
+    # The reference's order: the auth flags, then where to listen, then the
+    # secret files.
+    auth = config.auth_settings()
+    try:
+        auth.check_flags()
+        target = config.listen_target()
+        if target.stdio and auth.mode is not None:
+            raise StartupError("WebSocket auth requires a WebSocket listener, not stdio")
+        authenticator = auth.authenticator(reactor)
+    except (wsauth.AuthConfigError, listening.ListenError) as e:
+        raise StartupError(str(e)) from None
     top = service.MultiService()
     stopper = OrderlyStop(reactor)
     stopper.setServiceParent(top)
-    exec_server = build_core(config, reactor, top)
-    if config["listen"] == "stdio":
-        StdioListener(reactor, exec_server.buildConnection, stopper.stop,
+    readiness = operations.readiness_for(SystemdNotifier.from_environment())
+    metrics = Metrics(frozenset(all_methods()) | {"initialize"})
+    admin = _admin_listener(config, reactor, metrics, readiness)
+    if admin is not None:
+        # Added early, so stopped late: /readyz and /metrics answer while
+        # the server drains.
+        admin.setServiceParent(top)
+    exec_server = build_core(config, reactor, top, metrics)
+    websockets = []
+    if target.stdio:
+        build = _counted(exec_server.buildConnection, metrics, "stdio")
+        StdioListener(reactor, build, stopper.stop,
                       stdout=_private_stdout()).setServiceParent(top)
     else:
-        interface, port_number = config["interface"], config["port"]
-        if ":" in interface:
-            endpoint = endpoints.TCP6ServerEndpoint(reactor, port_number, interface=interface)
-            where = f"[{interface}]:{port_number}"
-        else:
-            endpoint = endpoints.TCP4ServerEndpoint(reactor, port_number, interface=interface)
-            where = f"{interface}:{port_number}"
-        site = websocket.site(exec_server.buildConnection)
-        port = listen_now(endpoint, site, where)
-        WebSocketListener(reactor, port, site.websockets).setServiceParent(top)
+        build = _counted(exec_server.buildConnection, metrics, "websocket")
+        site = websocket.site(build, authenticator, readiness)
+        port = listen_now(reactor, target.description, site, target.where)
+        address = port.getHost()
+        if authenticator is None and not listening.is_local(address):
+            port.stopListening()
+            where = target.where if target.address is not None else listening.url_of(address)
+            raise StartupError(
+                f"refusing to start non-loopback websocket listener {where} without auth; "
+                "configure `--ws-auth capability-token` or `--ws-auth signed-bearer-token`")
+        operations.PortService(reactor, port, listening.url_of(address), "exec-server",
+                               out=sys.stdout).setServiceParent(top)
+        websockets.append(site.websockets)
+    operations.Drain(reactor, readiness, exec_server, websockets,
+                     config["shutdown-grace-period"]).setServiceParent(top)
+    _ReadyWhenRunning(reactor, readiness).setServiceParent(top)
     return top
+
+
+def _admin_listener(config: Options, reactor, metrics: Metrics,
+                    readiness: Readiness) -> operations.PortService | None:
+    listen = config["admin-listen"]
+    if listen is None:
+        return None
+    try:
+        target = listening.parse_admin_listen(listen)
+    except listening.ListenError as e:
+        raise StartupError(str(e)) from None
+    port = listen_now(reactor, target.description, operations.admin_site(metrics, readiness),
+                      target.where)
+    url = listening.url_of(port.getHost(), scheme="http")
+    return operations.PortService(reactor, port, url, "admin", out=sys.stdout)
+
+
+def _counted(build: Callable[[], ServerConnection], metrics: Metrics,
+             transport: str) -> Callable[[], ServerConnection]:
+    """
+    C{build}, with each connection it builds counted as one of C{transport}.
+    """
+    def build_counted() -> ServerConnection:
+        connection = build()
+        connection.onClose(metrics.connection_opened(transport))
+        return connection
+
+    return build_counted
+
+
+class _ReadyWhenRunning(service.Service):
+    """
+    The local server is ready once the reactor runs: its listener is open.
+    """
+
+    CONDITION = "started"
+
+    def __init__(self, reactor, readiness: Readiness) -> None:
+        self.reactor = reactor
+        self.readiness = readiness
+        readiness.require(self.CONDITION)
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.callWhenRunning(self.readiness.met, self.CONDITION)

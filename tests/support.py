@@ -205,11 +205,12 @@ async def start_server(
     return RunningServer(kind, url, process, proto, home, owns_home)
 
 
-async def serve(testcase, kind: str) -> RunningServer:
+async def serve(testcase, kind: str, args: Sequence[str] = ()) -> RunningServer:
     """
-    A server of C{kind} for C{testcase}, stopped when the test ends.
+    A server of C{kind} (started with C{args}) for C{testcase}, stopped when
+    the test ends.
     """
-    server = await start_server(kind)
+    server = await start_server(kind, list(args))
     testcase.addCleanup(lambda: defer.ensureDeferred(server.stop()))
     return server
 
@@ -294,9 +295,9 @@ class MessageQueue:
         return with_timeout(self.lost)
 
 
-async def connect(url: str) -> MessageQueue:
+async def connect(url: str, headers: dict[str, str] | None = None) -> MessageQueue:
     queue = MessageQueue()
-    await with_timeout(websocket.connect(reactor, url, queue))
+    await with_timeout(websocket.connect(reactor, url, queue, headers=headers))
     return queue
 
 

@@ -4,6 +4,7 @@ logfile.
 """
 
 import base64
+import ipaddress
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 import execserver
+from execserver import listening
 from execserver.service import Options
 from tests import support
 
@@ -29,22 +31,28 @@ class OptionsTests(unittest.SynchronousTestCase):
 
     def test_defaults(self):
         options = self.parse()
-        self.assertEqual((options["interface"], options["port"], options["listen"],
-                          options["concurrent-requests"], options["handshake-timeout"]),
-                         ("127.0.0.1", 8765, "ws", 1, 60.0))
+        self.assertEqual((options.listen_target(), options["concurrent-requests"],
+                          options["handshake-timeout"], options["shutdown-grace-period"],
+                          options["admin-listen"]),
+                         (listening.ListenTarget("tcp:8765:interface=127.0.0.1", "127.0.0.1:8765",
+                                                 ipaddress.ip_address("127.0.0.1")),
+                          1, 60.0, 0.0, None))
 
     def test_stdio_spellings(self):
-        self.assertEqual(self.parse("--listen", "stdio://")["listen"], "stdio")
-        self.assertEqual(self.parse("--listen", "stdio")["listen"], "stdio")
+        self.assertTrue(self.parse("--listen", "stdio://").listen_target().stdio)
+        self.assertTrue(self.parse("--listen", "stdio").listen_target().stdio)
 
     def test_bad_values(self):
-        for args in (["--listen", "tcp"], ["--interface", "localhost"], ["--port", "70000"],
+        for args in (["--interface", "localhost"], ["--port", "70000"],
                      ["--concurrent-requests", "0"], ["--port", "x"], ["--handshake-timeout", "-1"],
-                     ["--linux-sandbox-pid-namespace", "shared"]):
+                     ["--linux-sandbox-pid-namespace", "shared"], ["--ws-auth", "basic"],
+                     ["--ws-max-clock-skew-seconds", "-1"], ["--shutdown-grace-period", "-1"],
+                     ["--listen", "ws://127.0.0.1:0", "--port", "1"]):
             self.assertRaises(usage.UsageError, self.parse, *args)
 
     def test_ipv6(self):
-        self.assertEqual(self.parse("--interface", "::1")["interface"], "::1")
+        self.assertEqual(self.parse("--interface", "::1").listen_target().description,
+                         "tcp6:8765:interface=\\:\\:1")
 
 
 class _Finished(protocol.ProcessProtocol):
@@ -89,7 +97,7 @@ class CommandLineTests(unittest.TestCase):
         taken.listen()
         port = taken.getsockname()[1]
         directory = support.scratch_directory(self, "execserver-service-")
-        expected = f"execserver: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+        expected = f"Error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
         for mode in (["-n", "--pidfile="],
                      ["--pidfile", os.path.join(directory, "p.pid"),
                       "--logfile", os.path.join(directory, "p.log")]):

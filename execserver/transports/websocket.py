@@ -4,12 +4,16 @@ client library and the tests.
 
     GET /         WebSocket upgrade; one JSON-RPC message per WebSocket
                   message, text frames out, text or binary frames in
-    GET /readyz   200, empty body (405 for other methods)
+    GET /readyz   200, empty body, while ready; 503 while draining (405 for
+                  other methods); never needs authentication
     anything else 404
     any request carrying an Origin header: 403 (browsers send one; the
     exec-server is not for web pages)
 
-Bad upgrade requests get the reference's status and plain-text reason.
+Bad upgrade requests get the reference's status and plain-text reason;
+then, with C{--ws-auth}, an upgrade without the right bearer token gets a
+401 and the authenticator's reason (L{execserver.wsauth}); then, while the
+server drains, 503.
 Protocol violations (an oversized frame, invalid UTF-8 in a text frame) end
 the connection without a Close frame, as in the reference. The server pings
 every 30 s and does not enforce a pong deadline. A server that stops closes
@@ -37,6 +41,8 @@ from twisted.web import resource, server
 from zope.interface import implementer
 
 from execserver.interfaces import IMessageProtocol, IMessageTransport, PeerGoingAway
+from execserver.readiness import Readiness
+from execserver.wsauth import IAuthenticator
 
 PING_INTERVAL_SECONDS = 30
 #: Kernel send buffer per connection (Linux doubles it).
@@ -208,7 +214,9 @@ class _Status(resource.Resource):
 
 
 _READY = _Status(200)
+_NOT_READY = _Status(503)
 _NOT_READY_METHOD = _Status(405, headers={b"allow": b"GET,HEAD"})
+_DRAINING = _Status(503, GOING_AWAY_REASON)
 _FORBIDDEN = _Status(403)
 _NOT_FOUND = _Status(404)
 
@@ -237,20 +245,42 @@ def _upgrade_problem(request: server.Request) -> resource.Resource | None:
     return None
 
 
+def readyz(request: server.Request, readiness: Readiness) -> resource.Resource:
+    """
+    The answer to C{/readyz}.
+    """
+    if request.method not in (b"GET", b"HEAD"):
+        return _NOT_READY_METHOD
+    return _READY if readiness.ready else _NOT_READY
+
+
 class _Root(resource.Resource):
-    def __init__(self, websocket: resource.Resource) -> None:
+    def __init__(self, websocket: resource.Resource, authenticator: IAuthenticator | None,
+                 readiness: Readiness) -> None:
         super().__init__()
         self._websocket = websocket
+        self._authenticator = authenticator
+        self._readiness = readiness
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
         if request.getHeader(b"origin") is not None:
             return _FORBIDDEN
         if not request.postpath:
             if path == b"":
-                return _upgrade_problem(request) or self._websocket
+                return _upgrade_problem(request) or self._refusal(request) or self._websocket
             if path == b"readyz":
-                return _READY if request.method in (b"GET", b"HEAD") else _NOT_READY_METHOD
+                return readyz(request, self._readiness)
         return _NOT_FOUND
+
+    def _refusal(self, request: server.Request) -> resource.Resource | None:
+        if self._authenticator is not None:
+            reason = self._authenticator.refusal(
+                request.requestHeaders.getRawHeaders(b"authorization", []))
+            if reason is not None:
+                return _Status(401, reason)
+        if self._readiness.draining:
+            return _DRAINING
+        return None
 
 
 class Site(server.Site):
@@ -263,10 +293,16 @@ class Site(server.Site):
         self.websockets = websockets
 
 
-def site(build_protocol: Callable[[], IMessageProtocol]) -> Site:
+def site(build_protocol: Callable[[], IMessageProtocol],
+         authenticator: IAuthenticator | None = None,
+         readiness: Readiness | None = None) -> Site:
     """
     The HTTP site serving the WebSocket endpoint: each WebSocket carries the
     message protocol that C{build_protocol} returns.
+
+    @param authenticator: admits upgrade requests (C{--ws-auth}); None
+        admits all.
+    @param readiness: what C{/readyz} reports; by default always ready.
     """
     factory = WebSocketServerFactory()
     factory.protocol = ExecServerWebSocketProtocol
@@ -283,7 +319,8 @@ def site(build_protocol: Callable[[], IMessageProtocol]) -> Site:
         closeHandshakeTimeout=1,
         trustXForwardedFor=0,
     )
-    root = _Root(WebSocketResource(factory))
+    root = _Root(WebSocketResource(factory), authenticator,
+                 readiness if readiness is not None else Readiness())
     http = Site(root, factory.websockets)
     http.displayTracebacks = False
     http.noisy = False

@@ -1,0 +1,135 @@
+"""
+Prometheus metrics of one server process, served by the admin listener's
+C{/metrics} (C{--admin-listen}).
+
+The reference exports the same quantities through OpenTelemetry, not
+Prometheus; we use its instrument names, label names and label values
+where it has them (its C{exec-server/src/telemetry.rs}):
+
+    exec_server_connections_active{transport}        gauge
+    exec_server_connections_total{transport,result}  counter (result="accepted")
+    exec_server_requests_total{method,result}        counter (result="success"|"error")
+    exec_server_request_duration_seconds{method,result}  histogram
+    exec_server_processes_active                     gauge
+    exec_server_processes_finished_total{result}     counter (result="success"|"failure")
+    exec_server_process_duration_seconds{result}     histogram
+
+C{transport} is C{websocket}, C{stdio} or C{relay}. Relay counters, for an
+executor's or a rendezvous's relay streams, are ours (the reference has
+none by these names):
+
+    exec_server_relay_streams_total{role}                   counter
+    exec_server_relay_bytes_total{role,direction}           counter (direction="in"|"out")
+    exec_server_relay_resets_total{role,origin}             counter (origin="local"|"peer")
+    exec_server_relay_handshake_failures_total{role,reason} counter
+
+C{role} is C{executor} or C{rendezvous}. Every service of a process shares
+one L{Metrics}; a service that has no admin listener still counts (cheap)
+so that the core never asks whether metrics are on.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+#: Bucket bounds (seconds) of request durations: a request takes from tens
+#: of microseconds (process/read of buffered output) to minutes (a long
+#: poll, a large file).
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                   0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: Bucket bounds (seconds) of process lifetimes.
+PROCESS_BUCKETS = (0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0)
+
+TRANSPORTS = ("websocket", "stdio", "relay")
+RELAY_ROLES = ("executor", "rendezvous")
+#: The C{method} label of requests for methods the server does not serve:
+#: the label set stays bounded whatever clients send.
+UNKNOWN_METHOD = "unknown"
+
+
+class Metrics:
+    """
+    The instruments of one process, in their own registry (not the global
+    one: tests run many servers in one process).
+    """
+
+    def __init__(self, known_methods: frozenset[str] = frozenset()) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.known_methods = known_methods
+        registry = self.registry
+        self.connections_active = Gauge(
+            "exec_server_connections_active", "Number of active exec-server connections.",
+            ["transport"], registry=registry)
+        self.connections_total = Counter(
+            "exec_server_connections", "Total number of accepted exec-server connections.",
+            ["transport", "result"], registry=registry)
+        self.requests_total = Counter(
+            "exec_server_requests", "Total number of exec-server requests.",
+            ["method", "result"], registry=registry)
+        self.request_duration = Histogram(
+            "exec_server_request_duration_seconds", "Duration of exec-server requests in seconds.",
+            ["method", "result"], buckets=REQUEST_BUCKETS, registry=registry)
+        self.processes_active = Gauge(
+            "exec_server_processes_active", "Number of active exec-server processes.",
+            registry=registry)
+        self.processes_finished = Counter(
+            "exec_server_processes_finished", "Total number of finished exec-server processes.",
+            ["result"], registry=registry)
+        self.process_duration = Histogram(
+            "exec_server_process_duration_seconds", "Duration of exec-server processes in seconds.",
+            ["result"], buckets=PROCESS_BUCKETS, registry=registry)
+        self.relay_streams = Counter(
+            "exec_server_relay_streams", "Relay streams opened.",
+            ["role"], registry=registry)
+        self.relay_bytes = Counter(
+            "exec_server_relay_bytes", "Bytes of relay frames carried.",
+            ["role", "direction"], registry=registry)
+        self.relay_resets = Counter(
+            "exec_server_relay_resets", "Relay streams ended by a reset.",
+            ["role", "origin"], registry=registry)
+        self.relay_handshake_failures = Counter(
+            "exec_server_relay_handshake_failures", "Relay stream handshakes that failed.",
+            ["role", "reason"], registry=registry)
+        for transport in TRANSPORTS:
+            self.connections_active.labels(transport)
+
+    def connection_opened(self, transport: str) -> Callable[[], None]:
+        """
+        Count an accepted connection.
+
+        @return: call it once when the connection ends.
+        """
+        self.connections_total.labels(transport, "accepted").inc()
+        active = self.connections_active.labels(transport)
+        active.inc()
+        return active.dec
+
+    def request_completed(self, method: str, succeeded: bool, seconds: float) -> None:
+        if method not in self.known_methods:
+            method = UNKNOWN_METHOD
+        result = "success" if succeeded else "error"
+        self.requests_total.labels(method, result).inc()
+        self.request_duration.labels(method, result).observe(seconds)
+
+    def process_started(self, finished: Deferred, clock: IReactorTime) -> None:
+        """
+        Count a process that has started and ends when C{finished} fires
+        with its exit code.
+        """
+        self.processes_active.inc()
+        started = clock.seconds()
+
+        def ended(exit_code):
+            self.processes_active.dec()
+            if not isinstance(exit_code, Failure):
+                result = "success" if exit_code == 0 else "failure"
+                self.processes_finished.labels(result).inc()
+                self.process_duration.labels(result).observe(clock.seconds() - started)
+            return exit_code
+
+        finished.addBoth(ended)
