@@ -68,7 +68,7 @@ def parse_listen(listen: str) -> ListenTarget:
     """
     if listen in (STDIO, "stdio://"):
         return ListenTarget(STDIO, STDIO)
-    if listen.startswith(ENDPOINT_PREFIXES):
+    if _endpoint_description(listen):
         return ListenTarget(listen, listen)
     if not listen.startswith("ws://"):
         raise ListenError(
@@ -98,7 +98,7 @@ def parse_admin_listen(listen: str) -> ListenTarget:
 
     @raise ListenError: C{listen} is neither.
     """
-    if listen.startswith(ENDPOINT_PREFIXES):
+    if _endpoint_description(listen):
         return ListenTarget(listen, listen)
     if listen.startswith("http://"):
         try:
@@ -109,6 +109,14 @@ def parse_admin_listen(listen: str) -> ListenTarget:
             return target
     raise ListenError(f"invalid --admin-listen `{listen}`; expected `http://IP:PORT` "
                       f"or a Twisted endpoint ({', '.join(p + '...' for p in ENDPOINT_PREFIXES)})")
+
+
+def _endpoint_description(listen: str) -> bool:
+    """
+    Whether C{listen} is a Twisted endpoint description of a kind we pass
+    on (C{unix:PATH}, but not a URL such as C{tcp://...}).
+    """
+    return listen.startswith(ENDPOINT_PREFIXES) and not listen.partition(":")[2].startswith("//")
 
 
 def is_local(address) -> bool:

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -74,7 +73,7 @@ class _ServerProcess(protocol.ProcessProtocol):
     def outVolume(self, data: bytes) -> None:
         self.stdout += data
         for line in self.stdout.split(b"\n")[:-1]:
-            if line.startswith(b"ws://") and not self.url.called:
+            if line.startswith((b"ws://", b"unix:")) and not self.url.called:
                 self.url.callback(line.decode().strip())
 
     outReceived = outVolume
@@ -138,13 +137,9 @@ def server_argv(kind: str, listen: str, args: Sequence[str] = ()) -> list[str]:
     """
     if kind == "reference":
         return [reference_binary(), "exec-server", "--listen", listen, *args]
-    if listen == "stdio":
-        where = ["--listen", "stdio"]
-    else:
-        where = ["--port", str(urllib.parse.urlsplit(listen).port)]
     return [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-        "-n", "--pidfile=", "execserver", *where, *args,
+        "-n", "--pidfile=", "execserver", "--listen", listen, *args,
     ]
 
 
@@ -179,20 +174,20 @@ async def start_server(
     home: str | None = None,
     ignored_signals: Iterable[int] = (),
     wrapper: list[str] = (),
+    listen: str = "ws://127.0.0.1:0",
 ) -> RunningServer:
     """
-    Start C{kind} ("ours" or "reference") listening on an ephemeral port,
-    with C{ignored_signals} ignored from the start; C{wrapper} is a command
-    that runs it. Its C{CODEX_HOME} is C{home} (a new directory if not
-    given).
+    Start C{kind} ("ours" or "reference") listening on C{listen} (an
+    ephemeral loopback port by default), with C{ignored_signals} ignored
+    from the start; C{wrapper} is a command that runs it. Its C{CODEX_HOME}
+    is C{home} (a new directory if not given).
     """
     owns_home = home is None
     if owns_home:
         home = tempfile.mkdtemp(prefix="execserver-test-home-", dir=HOME_PARENT)
     full_env = server_environment(env)
     full_env.setdefault("CODEX_HOME", home)
-    argv = [*wrapper, *ignoring_signals(server_argv(kind, "ws://127.0.0.1:0", args),
-                                        ignored_signals)]
+    argv = [*wrapper, *ignoring_signals(server_argv(kind, listen, args), ignored_signals)]
     proto = _ServerProcess()
     process = reactor.spawnProcess(proto, argv[0], argv, env=full_env, path=cwd or home)
     try:

@@ -35,6 +35,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from twisted.internet import endpoints
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.failure import Failure
 from twisted.web import resource, server
@@ -67,11 +68,15 @@ class MessageTransport:
     def __init__(self, protocol) -> None:
         self.protocol = protocol
         peer = protocol.transport.getPeer()
-        host = f"[{peer.host}]" if ":" in peer.host else peer.host
-        self.peer = f"{host}:{peer.port}"
+        if isinstance(peer, (IPv4Address, IPv6Address)):
+            host = f"[{peer.host}]" if ":" in peer.host else peer.host
+            self.peer = f"{host}:{peer.port}"
+        else:
+            # A UNIX socket's peer has no address (the reference has no
+            # UNIX listener).
+            self.peer = "unix"
         self.parseErrorPrefix = (
-            "failed to parse websocket JSON-RPC message from "
-            f"exec-server websocket {self.peer}"
+            f"failed to parse websocket JSON-RPC message from exec-server websocket {self.peer}"
         )
 
     def sendMessage(self, data: bytes | tuple[bytes, ...]) -> None:
@@ -363,13 +368,17 @@ class _ClientProtocol(WebSocketClientProtocol):
 
 
 def connect(reactor, url: str, message_protocol: IMessageProtocol,
-            headers: dict | None = None, receive_buffer: int | None = None) -> Deferred:
+            headers: dict | None = None, receive_buffer: int | None = None,
+            endpoint=None) -> Deferred:
     """
     Open a WebSocket to C{url} (C{ws://HOST:PORT/...}) and attach
     C{message_protocol} to it.
 
+    @param headers: of the upgrade request (C{Authorization}...).
     @param receive_buffer: the socket's kernel receive buffer, when the
         default (which Linux grows to many megabytes) holds too much.
+    @param endpoint: where to connect, when not to C{url}'s host and port
+        (a UNIX socket).
     @return: fires with the L{MessageTransport} once the WebSocket is open.
     """
     parts = urlsplit(url)
@@ -392,7 +401,8 @@ def connect(reactor, url: str, message_protocol: IMessageProtocol,
         closeHandshakeTimeout=0,
         autoPingInterval=0,
     )
-    endpoint = endpoints.HostnameEndpoint(reactor, parts.hostname, parts.port or 80)
+    if endpoint is None:
+        endpoint = endpoints.HostnameEndpoint(reactor, parts.hostname, parts.port or 80)
     opened = factory.opened
 
     def failed(reason):
