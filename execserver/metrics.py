@@ -33,9 +33,7 @@ from __future__ import annotations
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 #: Bucket bounds (seconds) of request durations: a request takes from tens
 #: of microseconds (process/read of buffered output) to minutes (a long
@@ -116,20 +114,20 @@ class Metrics:
         self.requests_total.labels(method, result).inc()
         self.request_duration.labels(method, result).observe(seconds)
 
-    def process_started(self, finished: Deferred, clock: IReactorTime) -> None:
+    def process_started(self, child, clock: IReactorTime) -> None:
         """
-        Count a process that has started and ends when C{finished} fires
-        with its exit code.
+        Count a child (L{execserver.spawn}'s) that has started: it ends when
+        its C{finished} fires, with its C{exit_code}.
         """
         self.processes_active.inc()
         started = clock.seconds()
 
-        def ended(exit_code):
+        def ended(result):
             self.processes_active.dec()
-            if not isinstance(exit_code, Failure):
-                result = "success" if exit_code == 0 else "failure"
-                self.processes_finished.labels(result).inc()
-                self.process_duration.labels(result).observe(clock.seconds() - started)
-            return exit_code
+            if child.exit_code is not None:
+                outcome = "success" if child.exit_code == 0 else "failure"
+                self.processes_finished.labels(outcome).inc()
+                self.process_duration.labels(outcome).observe(clock.seconds() - started)
+            return result
 
-        finished.addBoth(ended)
+        child.finished.addBoth(ended)

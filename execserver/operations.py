@@ -11,7 +11,7 @@ Draining, when the server is asked to stop:
   3. processes still running get C{--shutdown-grace-period} seconds to end
      on their own;
   4. then the listeners close and every remaining process group is killed
-     (by the services that stop after this one).
+     (by the services that stop after this one: L{StopInOrder}).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 from prometheus_client.twisted import MetricsResource
 from twisted.application import service
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web import resource, server
@@ -50,6 +50,26 @@ def check_operating_options(config: usage.Options) -> None:
     """
     if config["shutdown-grace-period"] < 0:
         raise usage.UsageError("--shutdown-grace-period must not be negative")
+
+
+class StopInOrder(service.MultiService):
+    """
+    A MultiService that stops its services one after the other, the last
+    added first, each once the one before has stopped (Twisted's stops them
+    all at once): the drain must end before listeners close and processes
+    are killed.
+    """
+
+    def stopService(self) -> Deferred:
+        service.Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_each())
+
+    async def _stop_each(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("stopping {service} failed", service=child)
 
 
 class _Admin(resource.Resource):

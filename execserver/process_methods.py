@@ -264,7 +264,7 @@ def start(connection: ServerConnection, p: dict) -> dict:
     sandbox_type = runner.SANDBOX_TYPE if plan is not None else "none"
     audit.record("process.start", session=session.id, process=process_id, argv0=argv[0],
                  cwd=os.fsdecode(cwd), tty=tty, sandbox=sandbox_type)
-    connection.server.metrics.process_started(process.child.finished, connection.server.clock)
+    connection.server.metrics.process_started(process.child, connection.server.clock)
     return {"processId": process_id, "sandboxType": sandbox_type}
 
 

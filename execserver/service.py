@@ -338,7 +338,7 @@ def _build(config: Options, reactor) -> service.MultiService:
         authenticator = auth.authenticator(reactor)
     except (wsauth.AuthConfigError, listening.ListenError) as e:
         raise StartupError(str(e)) from None
-    top = service.MultiService()
+    top = operations.StopInOrder()
     stopper = OrderlyStop(reactor)
     stopper.setServiceParent(top)
     readiness = operations.readiness_for(SystemdNotifier.from_environment())
