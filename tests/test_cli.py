@@ -109,9 +109,12 @@ class CliTestCase(unittest.TestCase):
     def setUp(self):
         return ensureDeferred(self._set_up())
 
+    def server_args(self) -> list[str]:
+        return []
+
     async def _set_up(self) -> None:
-        self.server = await support.serve(self, self.kind)
         self.workdir = support.scratch_directory(self, "execserver-cli-")
+        self.server = await support.serve(self, self.kind, self.server_args())
 
     def environment(self, url: bool = True) -> dict[str, str]:
         env = support.server_environment({"TERM": "xterm"})
@@ -393,6 +396,39 @@ class UrlTests(CliTestCase):
                     b"Connection refused\n"))
         code, out, err = await self.run_cli("--url", "ws://127.0.0.1:1", "exec", "--", "true")
         self.assertEqual(code, 255)
+
+
+class TokenTests(CliTestCase):
+    """
+    A server started with --ws-auth: the client sends the token of
+    --token-file or $EXECSERVER_TOKEN as the bearer token.
+    """
+
+    def server_args(self) -> list[str]:
+        with open(self.path("token"), "w") as f:
+            f.write("s3cret\n")
+        return ["--ws-auth", "capability-token", "--ws-token-file", self.path("token")]
+
+    async def test_token_file(self):
+        self.assertEqual(await self.run_cli("--token-file", self.path("token"), "exec", "--",
+                                            "echo", "hi"), (0, b"hi\n", b""))
+
+    async def test_token_variable(self):
+        env = self.environment()
+        env["EXECSERVER_TOKEN"] = "s3cret"
+        code, out, err = await self.run_cli("exec", "--", "true", env=env)
+        self.assertEqual((code, err), (0, b""))
+
+    async def test_a_refused_token_is_one_line(self):
+        env = self.environment()
+        env["EXECSERVER_TOKEN"] = "wrong"
+        self.assertEqual(await self.run_cli("info", env=env), (
+            1, b"", f"execserver-client: info: could not connect to {self.server.url}: "
+                    "WebSocket connection upgrade failed [401]: Unauthorized\n".encode()))
+
+
+class ReferenceTokenTests(TokenTests):
+    kind = "reference"
 
 
 class StdinEndTests(CliTestCase):

@@ -8,6 +8,7 @@ The C{execserver-client} command line.
     execserver-client [--url ...] [--json] stat PATH
     execserver-client [--url ...] [--json] info
     execserver-client --registry URL --environment-id ID [--token-file F] COMMAND ...
+    execserver-client --url ws://HOST:PORT --token-file F COMMAND ...   (a server with --ws-auth)
 
 C{--url} defaults to C{$EXECSERVER_URL}, then C{$CODEX_EXEC_SERVER_URL}.
 C{--registry} reaches a remote executor through its environment registry
@@ -19,6 +20,9 @@ names a file holding it). As in codex, those variables take precedence
 over the URL variables; an explicit C{--url} wins. Paths are on the server's host;
 relative ones are taken from the server's working directory, C{file:} URIs
 are used as they are.
+
+A server started with C{--ws-auth} gets the bearer token of C{--token-file}
+or C{$EXECSERVER_TOKEN} in the upgrade's C{Authorization} header.
 
 C{exec} exits with the child's exit code; with C{--json} it writes its
 output as JSON lines instead (L{_JsonExecReceiver}). Errors are one line on
@@ -60,6 +64,9 @@ CODEX_URL_VARIABLE = "CODEX_EXEC_SERVER_URL"
 REGISTRY_VARIABLE = "CODEX_EXEC_SERVER_NOISE_REGISTRY_URL"
 ENVIRONMENT_VARIABLE = "CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID"
 TOKEN_VARIABLE = "CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN"
+#: The bearer token of a server started with --ws-auth (codex has no
+#: variable for it: it reads auth_bearer_token from environments.toml).
+WEBSOCKET_TOKEN_VARIABLE = "EXECSERVER_TOKEN"
 
 #: Exit status of a file or info command that failed.
 EXIT_FAILURE = 1
@@ -117,7 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--environment-id", metavar="ID",
                         help=f"the remote environment (default: ${ENVIRONMENT_VARIABLE})")
     parser.add_argument("--token-file", metavar="FILE",
-                        help=f"file holding the registry token (default: ${TOKEN_VARIABLE})")
+                        help="file holding the bearer token of a server started with --ws-auth "
+                             f"(default: ${WEBSOCKET_TOKEN_VARIABLE}), or with --registry, the "
+                             f"registry token (default: ${TOKEN_VARIABLE})")
     parser.add_argument("--version", action="version",
                         version=f"{PROG} {execserver.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -213,14 +222,7 @@ def _choose_server(arguments: argparse.Namespace) -> None:
         arguments.environment_id = arguments.environment_id or _variable(ENVIRONMENT_VARIABLE)
         if not arguments.environment_id:
             _usage_error(f"--registry needs --environment-id or ${ENVIRONMENT_VARIABLE}")
-        if arguments.token_file:
-            try:
-                with open(arguments.token_file, encoding="utf-8") as f:
-                    arguments.token = f.read().strip()
-            except (OSError, UnicodeDecodeError) as e:
-                _usage_error(f"cannot read the token file {arguments.token_file}: {e}")
-        else:
-            arguments.token = _variable(TOKEN_VARIABLE)
+        arguments.token = _token(arguments, TOKEN_VARIABLE)
         if not arguments.token:
             _usage_error(f"--registry needs a token: --token-file or ${TOKEN_VARIABLE}")
         return
@@ -229,11 +231,26 @@ def _choose_server(arguments: argparse.Namespace) -> None:
     if not arguments.url:
         _usage_error(f"no server: give --url or --registry, or set ${URL_VARIABLE} "
                      f"or ${REGISTRY_VARIABLE}")
+    arguments.token = _token(arguments, WEBSOCKET_TOKEN_VARIABLE)
+
+
+def _token(arguments: argparse.Namespace, variable: str) -> str | None:
+    """
+    The token of C{--token-file} (trimmed, as servers trim theirs), else of
+    C{variable}.
+    """
+    if not arguments.token_file:
+        return _variable(variable)
+    try:
+        with open(arguments.token_file, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except (OSError, UnicodeDecodeError) as e:
+        _usage_error(f"cannot read the token file {arguments.token_file}: {e}")
 
 
 def _connector(reactor, arguments: argparse.Namespace) -> IConnector:
     if arguments.registry is None:
-        return WebSocketConnector(reactor, arguments.url)
+        return WebSocketConnector(reactor, arguments.url, arguments.token)
     return RelayConnector(reactor, arguments.registry, arguments.environment_id, arguments.token)
 
 

@@ -63,19 +63,21 @@ class IConnector(Interface):
 @implementer(IConnector)
 class WebSocketConnector:
     """
-    Connects to C{ws://HOST:PORT}.
+    Connects to C{ws://HOST:PORT}, sending C{token} (if any) as the bearer
+    token of a server started with C{--ws-auth}.
     """
 
     resumable = True
 
-    def __init__(self, reactor, url: str) -> None:
+    def __init__(self, reactor, url: str, token: str | None = None) -> None:
         self.reactor = reactor
         self.url = url
         self.description = url
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def connect(self, message_protocol: IMessageProtocol) -> Deferred:
         return websocket.connect(self.reactor, self.url, message_protocol,
-                                 receive_buffer=RECEIVE_BUFFER_BYTES)
+                                 headers=self._headers, receive_buffer=RECEIVE_BUFFER_BYTES)
 
 
 def server_command() -> list[str]:
