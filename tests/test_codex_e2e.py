@@ -85,6 +85,16 @@ class WebSocketEnvironmentTests(CodexTestCase):
     test_commands = compared(scenarios.COMMANDS, targets.WEBSOCKET_ENVIRONMENT)
 
 
+class AuthenticatedWebSocketTests(CodexTestCase):
+    """
+    Codex reaches a server started with C{--ws-auth}: the URL and
+    C{auth_bearer_token} come from C{environments.toml}.
+    """
+
+    test_capability_token = compared(scenarios.COMMANDS, targets.CAPABILITY_TOKEN_ENVIRONMENT)
+    test_signed_bearer_token = compared(scenarios.COMMANDS, targets.SIGNED_BEARER_TOKEN_ENVIRONMENT)
+
+
 class IgnoredSignalsTests(CodexTestCase):
     """
     A server started as a shell's C{&} starts it, with SIGINT and SIGQUIT

@@ -21,8 +21,12 @@ Codex learns about an exec-server in two ways:
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Protocol
+
+import jwt
 
 from tests import support
 
@@ -85,10 +89,11 @@ class Connection(Protocol):
         """
 
 
-async def _start_websocket_server(target: "Target", directories: RunDirectories):
+async def _start_websocket_server(target: "Target", directories: RunDirectories,
+                                  extra_args: tuple[str, ...] = ()):
     return await support.start_server(
         target.server.kind,
-        list(target.server_args),
+        [*target.server_args, *extra_args],
         env={"HOME": directories.user_home},
         cwd=directories.workdir,
         home=directories.server_home,
@@ -152,9 +157,44 @@ class WebSocketEnvironment:
         return Attachment(environments=[environment], close=server.stop)
 
 
+class AuthenticatedWebSocketEnvironment:
+    """
+    As L{WebSocketEnvironment}, with the server started with C{--ws-auth
+    MODE} and codex given the token as C{auth_bearer_token}: a capability
+    token, or an HS256 JWT for C{signed-bearer-token}.
+    """
+
+    SECRET = "e2e-shared-secret-of-at-least-32-bytes"
+    AUDIENCE = "codex-e2e"
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.name = f"ws-environment-{mode}"
+
+    async def attach(self, target: "Target", directories: RunDirectories) -> Attachment:
+        secret_file = os.path.join(directories.scratch, "ws-secret")
+        if self.mode == "capability-token":
+            token = "e2e-capability-token"
+            with open(secret_file, "w") as f:
+                f.write(token + "\n")
+            auth = ("--ws-auth", self.mode, "--ws-token-file", secret_file)
+        else:
+            with open(secret_file, "w") as f:
+                f.write(self.SECRET)
+            token = jwt.encode({"exp": int(time.time()) + 3600, "aud": self.AUDIENCE},
+                               self.SECRET.encode(), algorithm="HS256")
+            auth = ("--ws-auth", self.mode, "--ws-shared-secret-file", secret_file,
+                    "--ws-audience", self.AUDIENCE)
+        server = await _start_websocket_server(target, directories, auth)
+        environment = {"id": ENVIRONMENT_ID, "url": server.url, "auth_bearer_token": token}
+        return Attachment(environments=[environment], close=server.stop)
+
+
 WEBSOCKET = WebSocketURL()
 STDIO = StdioProgram()
 WEBSOCKET_ENVIRONMENT = WebSocketEnvironment()
+CAPABILITY_TOKEN_ENVIRONMENT = AuthenticatedWebSocketEnvironment("capability-token")
+SIGNED_BEARER_TOKEN_ENVIRONMENT = AuthenticatedWebSocketEnvironment("signed-bearer-token")
 
 
 @dataclass(frozen=True)
