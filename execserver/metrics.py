@@ -18,14 +18,18 @@ C{transport} is C{websocket}, C{stdio} or C{relay}. Relay counters, for an
 executor's or a rendezvous's relay streams, are ours (the reference has
 none by these names):
 
-    exec_server_relay_streams_total{role}                   counter
-    exec_server_relay_bytes_total{role,direction}           counter (direction="in"|"out")
-    exec_server_relay_resets_total{role,origin}             counter (origin="local"|"peer")
-    exec_server_relay_handshake_failures_total{role,reason} counter
+    exec_server_relay_streams_total{role}                    counter (handshakes toward the executor)
+    exec_server_relay_bytes_total{role,direction}            counter (frame bytes)
+    exec_server_relay_resets_total{role,direction}           counter
+    exec_server_relay_handshake_failures_total{role,reason}  counter
 
-C{role} is C{executor} or C{rendezvous}. Every service of a process shares
-one L{Metrics}; a service that has no admin listener still counts (cheap)
-so that the core never asks whether metrics are on.
+C{role} is C{executor} or C{rendezvous}; C{direction} is C{to_executor} or
+C{to_harness} (for an executor: received or sent). A rendezvous counts
+through its router's tap (L{Metrics.rendezvous_tap}); an executor calls
+L{Metrics.relay_frame} and L{Metrics.relay_handshake_failed}. Every
+service of a process shares one L{Metrics}; a service that has no admin
+listener still counts (cheap) so that the core never asks whether
+metrics are on.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.interfaces import IReactorTime
+
+from execserver.relay.frames import Frame, FrameKind
 
 #: Bucket bounds (seconds) of request durations: a request takes from tens
 #: of microseconds (process/read of buffered output) to minutes (a long
@@ -44,7 +50,11 @@ REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 PROCESS_BUCKETS = (0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0)
 
 TRANSPORTS = ("websocket", "stdio", "relay")
-RELAY_ROLES = ("executor", "rendezvous")
+EXECUTOR = "executor"
+RENDEZVOUS = "rendezvous"
+#: Directions of relay frames, as the rendezvous router names them.
+TO_EXECUTOR = "to_executor"
+TO_HARNESS = "to_harness"
 #: The C{method} label of requests for methods the server does not serve:
 #: the label set stays bounded whatever clients send.
 UNKNOWN_METHOD = "unknown"
@@ -82,14 +92,14 @@ class Metrics:
             "exec_server_process_duration_seconds", "Duration of exec-server processes in seconds.",
             ["result"], buckets=PROCESS_BUCKETS, registry=registry)
         self.relay_streams = Counter(
-            "exec_server_relay_streams", "Relay streams opened.",
+            "exec_server_relay_streams", "Relay stream handshakes toward the executor.",
             ["role"], registry=registry)
         self.relay_bytes = Counter(
             "exec_server_relay_bytes", "Bytes of relay frames carried.",
             ["role", "direction"], registry=registry)
         self.relay_resets = Counter(
-            "exec_server_relay_resets", "Relay streams ended by a reset.",
-            ["role", "origin"], registry=registry)
+            "exec_server_relay_resets", "Relay stream resets carried.",
+            ["role", "direction"], registry=registry)
         self.relay_handshake_failures = Counter(
             "exec_server_relay_handshake_failures", "Relay stream handshakes that failed.",
             ["role", "reason"], registry=registry)
@@ -131,3 +141,30 @@ class Metrics:
             return result
 
         child.finished.addBoth(ended)
+
+    def relay_frame(self, role: str, direction: str, kind: FrameKind, size: int) -> None:
+        """
+        Count a relay frame of C{size} bytes going C{direction}
+        (L{TO_EXECUTOR} or L{TO_HARNESS}).
+        """
+        self.relay_bytes.labels(role, direction).inc(size)
+        if kind is FrameKind.HANDSHAKE and direction == TO_EXECUTOR:
+            self.relay_streams.labels(role).inc()
+        elif kind is FrameKind.RESET:
+            self.relay_resets.labels(role, direction).inc()
+
+    def relay_handshake_failed(self, role: str, reason: str) -> None:
+        """
+        @param reason: one of a few fixed words (never a peer's text).
+        """
+        self.relay_handshake_failures.labels(role, reason).inc()
+
+    def rendezvous_tap(self) -> Callable[[str, str, Frame, bytes], None]:
+        """
+        A tap for L{execserver.rendezvous.router.Router}: counts every frame
+        it routes or sends.
+        """
+        def tap(direction: str, environment_id: str, frame: Frame, raw: bytes) -> None:
+            self.relay_frame(RENDEZVOUS, direction, frame.kind, len(raw))
+
+        return tap

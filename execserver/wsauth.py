@@ -89,23 +89,25 @@ def bearer_token(authorization: list[bytes]) -> str:
     """
     The token of the first C{Authorization} header.
 
-    @raise _Refused: with the reference's text when there is none or the
+    @raise Refused: with the reference's text when there is none or the
         header is not C{Bearer <token>}.
     """
     if not authorization:
-        raise _Refused(MISSING)
+        raise Refused(MISSING)
     value = authorization[0]
     if any(not (32 <= byte < 127 or byte == 9) for byte in value):
-        raise _Refused(INVALID_HEADER)
+        raise Refused(INVALID_HEADER)
     scheme, space, rest = value.decode("ascii").partition(" ")
     token = rest.strip(_ASCII_WHITESPACE)
     if not space or scheme.lower() != "bearer" or not token:
-        raise _Refused(INVALID_HEADER)
+        raise Refused(INVALID_HEADER)
     return token
 
 
-class _Refused(Exception):
-    pass
+class Refused(Exception):
+    """
+    The request is refused; the message is the 401's body.
+    """
 
 
 @implementer(IAuthenticator)
@@ -120,7 +122,7 @@ class CapabilityToken:
     def refusal(self, authorization: list[bytes]) -> str | None:
         try:
             token = bearer_token(authorization)
-        except _Refused as e:
+        except Refused as e:
             return str(e)
         presented = hashlib.sha256(token.encode()).digest()
         if not hmac.compare_digest(presented, self._digest):
@@ -149,36 +151,36 @@ class SignedBearerToken:
             token = bearer_token(authorization)
             claims = self._verified_claims(token)
             self._check(claims)
-        except _Refused as e:
+        except Refused as e:
             return str(e)
         return None
 
     def _verified_claims(self, token: str) -> dict:
         if not _COMPACT_JWS.fullmatch(token):
-            raise _Refused(INVALID_JWT)
+            raise Refused(INVALID_JWT)
         try:
             signed = jwt.api_jws.decode_complete(token, self._secret, algorithms=["HS256"])
             claims = json.loads(signed["payload"])
         except (jwt.InvalidTokenError, ValueError):
-            raise _Refused(INVALID_JWT) from None
+            raise Refused(INVALID_JWT) from None
         if not isinstance(claims, dict) or not _claims_well_typed(claims):
-            raise _Refused(INVALID_JWT)
+            raise Refused(INVALID_JWT)
         return claims
 
     def _check(self, claims: dict) -> None:
         now = int(self._clock.seconds())
         if claims["exp"] < now - self._skew:
-            raise _Refused(EXPIRED_JWT)
+            raise Refused(EXPIRED_JWT)
         nbf = claims.get("nbf")
         if nbf is not None and nbf > now + self._skew:
-            raise _Refused(NOT_YET_VALID_JWT)
+            raise Refused(NOT_YET_VALID_JWT)
         if self._issuer is not None and claims.get("iss") != self._issuer:
-            raise _Refused(ISSUER_MISMATCH)
+            raise Refused(ISSUER_MISMATCH)
         if self._audience is not None:
             audience = claims.get("aud")
             audiences = audience if isinstance(audience, list) else [audience]
             if self._audience not in audiences:
-                raise _Refused(AUDIENCE_MISMATCH)
+                raise Refused(AUDIENCE_MISMATCH)
 
 
 def _integer(value: Any) -> bool:
