@@ -365,6 +365,7 @@ def _build(config: Options, reactor) -> service.MultiService:
             raise StartupError(
                 f"refusing to start non-loopback websocket listener {where} without auth; "
                 "configure `--ws-auth capability-token` or `--ws-auth signed-bearer-token`")
+        _forget_inherited_sockets()
         operations.PortService(reactor, port, listening.url_of(address), "exec-server",
                                out=sys.stdout).setServiceParent(top)
         websockets.append(site.websockets)
@@ -372,6 +373,15 @@ def _build(config: Options, reactor) -> service.MultiService:
                      config["shutdown-grace-period"]).setServiceParent(top)
     _ReadyWhenRunning(reactor, readiness).setServiceParent(top)
     return top
+
+
+def _forget_inherited_sockets(environ=os.environ) -> None:
+    """
+    As C{sd_listen_fds(1)} does: the sockets systemd passed are ours, and
+    our children must not take them for theirs.
+    """
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(name, None)
 
 
 def _admin_listener(config: Options, reactor, metrics: Metrics,

@@ -7,6 +7,7 @@ reference's, and the refusal of a non-loopback listener without auth.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -271,6 +272,13 @@ class ListenFormTests(unittest.TestCase):
         listener.close()
         queue = await support.connect(url)
         self.assertIn("sessionId", await initialize(queue))
+        queue.send({"method": "initialized"})
+        queue.send({"id": 2, "method": "process/start", "params": support.start_params(
+            "env", ["/bin/sh", "-c", 'echo "${LISTEN_FDS-none} ${LISTEN_FDNAMES-none}"'],
+            envPolicy={"inherit": "all", "ignoreDefaultExcludes": True, "exclude": [],
+                       "set": {}, "includeOnly": []})})
+        output = await queue.notification(lambda m: m["method"] == "process/output")
+        self.assertEqual(base64.b64decode(output["params"]["chunk"]), b"none none\n")
         await queue.close()
 
     async def test_missing_systemd_socket_is_one_line(self):
