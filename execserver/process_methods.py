@@ -39,9 +39,6 @@ _CORE_VARIABLES = frozenset((
 ))
 _DEFAULT_EXCLUDES = ("*KEY*", "*SECRET*", "*TOKEN*")
 
-#: Why enforceManagedNetwork is refused under a sandbox.
-MANAGED_NETWORK_UNSUPPORTED = "managed networking (enforceManagedNetwork) is not supported"
-
 #: Where a bare program name is looked up when the child has no PATH (the
 #: reference's libc default, musl's).
 DEFAULT_PATH = "/usr/local/bin:/bin:/usr/bin"
@@ -61,6 +58,12 @@ ExecMetadata = P.Struct("ExecMetadata", [
     P.Field("toolCallId", P.Optional(P.String()), default=None),
 ])
 
+#: Where a child under managed networking may find its proxies.
+ManagedNetwork = P.Struct("ManagedNetworkSandboxContext", [
+    P.Field("loopbackPorts", P.Seq(P.Int("u16")), default=[]),
+    P.Field("allowLocalBinding", P.Bool(), default=False),
+])
+
 # In the reference's declaration order, which positional params follow.
 StartParams = P.Struct("WireExecParams", [
     P.Field("processId", P.String()),
@@ -75,7 +78,7 @@ StartParams = P.Struct("WireExecParams", [
     P.Field("arg0", P.Optional(P.String())),
     P.Field("sandbox", P.Optional(sandbox.SandboxContext)),
     P.Field("enforceManagedNetwork", P.Bool(), default=False),
-    P.Field("managedNetwork", P.Optional(P.AnyValue())),
+    P.Field("managedNetwork", P.Optional(ManagedNetwork)),
     P.Field("networkProxy", P.Optional(P.AnyValue())),
 ])
 
@@ -186,16 +189,17 @@ def _cwd(uri: str) -> bytes:
         raise rpc.invalid_params(f"cwd URI `{uri}` is not valid on this exec-server host: {e}") from None
 
 
-def _sandbox_plan(context: dict) -> Plan:
+def _sandbox_plan(context: dict, managed_network: dict | None) -> Plan:
     """
-    How to confine a child as C{context} asks.
+    How to confine a child as C{context} asks, reaching only its proxies
+    if C{managed_network} is given.
 
     @raise rpc.RpcError: the context is invalid, or this executor cannot
         enforce it (never run unconfined instead).
     """
     restrictive = sandbox.restricts(context)
     try:
-        return runner.sandboxing.plan(context, restrictive)
+        return runner.sandboxing.plan(context, restrictive, managed_network=managed_network)
     except paths.ForeignPathError as e:
         raise rpc.invalid_params(f"invalid sandbox permission path URI: {e}") from None
     except runner.SandboxUnavailable as e:
@@ -211,12 +215,11 @@ def start(connection: ServerConnection, p: dict) -> dict:
         raise rpc.invalid_params("argv must not be empty")
     plan = None
     if p["sandbox"] is not None:
-        plan = _sandbox_plan(p["sandbox"])
-        cwd = _cwd(p["cwd"])
+        managed_network = None
         if p["enforceManagedNetwork"]:
-            # Never wider than asked: without the proxy bridge the child
-            # would get the whole network or none.
-            raise rpc.invalid_params(f"{runner.CANNOT_ENFORCE}: {MANAGED_NETWORK_UNSUPPORTED}")
+            managed_network = p["managedNetwork"] or {"loopbackPorts": [], "allowLocalBinding": False}
+        plan = _sandbox_plan(p["sandbox"], managed_network)
+        cwd = _cwd(p["cwd"])
     process_id = p["processId"]
     if process_id in session.processes:
         raise rpc.invalid_request(f"process {process_id} already exists")
@@ -237,7 +240,7 @@ def start(connection: ServerConnection, p: dict) -> dict:
             executable = find_program(argv[0], env)
         except OSError as e:
             raise rpc.internal_error(oserrors.describe(e)) from None
-    launch = runner.sandboxing.launch(plan or runner.UNCONFINED, argv[0], args, executable)
+    launch = runner.sandboxing.launch(plan or runner.UNCONFINED, argv[0], args, executable, env)
     spec = ChildSpec(
         executable=launch.executable,
         argv=launch.argv,
@@ -255,11 +258,16 @@ def start(connection: ServerConnection, p: dict) -> dict:
         process.start()
     except OSError as e:
         runner.sandboxing.targets.release(targets)
+        if launch.bridge is not None:
+            launch.bridge.stop()
         raise rpc.internal_error(oserrors.describe(e)) from None
     finally:
         launch.close()
     if targets:
         process.child.finished.addBoth(_released, targets)
+    if launch.bridge is not None:
+        launch.bridge.start(session.reactor)
+        process.child.finished.addBoth(_bridge_stopped, launch.bridge)
     session.processes[process_id] = process
     sandbox_type = runner.SANDBOX_TYPE if plan is not None else "none"
     audit.record("process.start", session=session.id, process=process_id, argv0=argv[0],
@@ -270,6 +278,11 @@ def start(connection: ServerConnection, p: dict) -> dict:
 
 def _released(result: Any, targets: tuple[bytes, ...]) -> Any:
     runner.sandboxing.targets.release(targets)
+    return result
+
+
+def _bridge_stopped(result: Any, bridge) -> Any:
+    bridge.stop()
     return result
 
 

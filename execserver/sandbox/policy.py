@@ -81,6 +81,10 @@ class Seccomp(enum.Enum):
     RESTRICTED = "restricted"
     #: Network allowed, but no VM sockets and no io_uring.
     NO_VSOCK = "no-vsock"
+    #: Managed networking: the child's own network namespace, where only
+    #: Internet sockets can be made (no Unix sockets that could reach the
+    #: host's services); no ptrace, no io_uring.
+    PROXY_ROUTED = "proxy-routed"
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,11 @@ class Plan:
     runtime: tuple[bytes, ...] = ()
     #: The profile lets the child read everything (the root, nothing denied).
     reads_everything: bool = False
+    #: Managed networking: the child reaches only the proxies its
+    #: environment names, through a bridge (L{execserver.sandbox.bridge}).
+    proxied: bool = False
+    #: The loopback ports a proxy may listen on; empty allows any.
+    loopback_ports: tuple[int, ...] = ()
 
     @property
     def confined(self) -> bool:
@@ -143,6 +152,10 @@ class Plan:
 
 
 UNCONFINED = Plan(wrap=False, seccomp=None)
+
+#: What a child under managed networking sees of a file system its profile
+#: does not restrict: all of it, writable, with a /dev of its own.
+WHOLE_HOST_MOUNTS = (Mount("bind", b"/"), Mount("dev", b"/dev"), Mount("bind-try", b"/dev/shm"))
 
 
 def _under(path: bytes, root: bytes) -> bool:
@@ -289,7 +302,7 @@ def network_restricted(permissions: dict) -> bool:
 
 
 def plan(sandbox: dict, restrictive: bool, host: Host,
-         kind: Callable[..., Kind] = kind_of) -> Plan:
+         kind: Callable[..., Kind] = kind_of, managed_network: dict | None = None) -> Plan:
     """
     The confinement a sandbox context asks for.
 
@@ -297,8 +310,21 @@ def plan(sandbox: dict, restrictive: bool, host: Host,
     (L{execserver.sandbox.schema.restricts}); only then is the child
     wrapped in bubblewrap. Otherwise it runs in place, under the network
     filter if the network is restricted.
+
+    With C{managed_network} (the request enforces managed networking; its
+    C{managedNetwork}, possibly empty) every context, even a disabled one,
+    is wrapped: the child gets a network namespace of its own whose only
+    way out is the bridge to the proxies its environment names.
     """
     permissions = sandbox["permissions"]
+    proxied = managed_network is not None
+    loopback_ports = tuple(managed_network["loopbackPorts"]) if proxied else ()
+    if proxied and not restrictive:
+        return Plan(
+            wrap=True, seccomp=Seccomp.PROXY_ROUTED, mounts=WHOLE_HOST_MOUNTS, unshare_net=True,
+            pid_namespace=host.pid_namespace, reads_everything=True, proxied=True,
+            loopback_ports=loopback_ports,
+        )
     if permissions["type"] == "disabled":
         return UNCONFINED
     restricted_net = network_restricted(permissions)
@@ -317,16 +343,22 @@ def plan(sandbox: dict, restrictive: bool, host: Host,
         targets = _entry_paths(entry, sandbox, host, cwd, depth)
         {"read": reads, "write": writes, "deny": denies}[entry["access"]].extend(targets)
     mounts, created, granted = _mounts(_unique(reads), _unique(writes), _unique(denies), host, kind)
+    if proxied:
+        seccomp = Seccomp.PROXY_ROUTED
+    else:
+        seccomp = Seccomp.RESTRICTED if restricted_net else Seccomp.NO_VSOCK
     return Plan(
         wrap=True,
-        seccomp=Seccomp.RESTRICTED if restricted_net else Seccomp.NO_VSOCK,
+        seccomp=seccomp,
         mounts=tuple(mounts),
-        unshare_net=restricted_net,
+        unshare_net=restricted_net or proxied,
         pid_namespace=host.pid_namespace,
         created=tuple(created),
         granted=granted,
         runtime=host.runtime_paths if granted is not None else (),
         reads_everything=granted is None and not denying,
+        proxied=proxied,
+        loopback_ports=loopback_ports,
     )
 
 

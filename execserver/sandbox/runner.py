@@ -11,8 +11,10 @@ child unconfined.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +23,8 @@ from typing import Callable
 
 from twisted.logger import Logger
 
-from execserver.sandbox import policy, seccomp
+from execserver.sandbox import policy, proxyroute, seccomp
+from execserver.sandbox.bridge import ProxyBridge
 from execserver.sandbox.policy import UNCONFINED, Plan
 
 log = Logger()
@@ -96,6 +99,9 @@ def _remove_empty(path: bytes) -> None:
     except OSError:
         pass  # in use again, or no longer ours to remove
 
+
+#: What a child under managed networking runs first, in its sandbox.
+NET_LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netlaunch.py")
 
 #: The system's shared libraries and their loader, which our interpreter needs.
 SYSTEM_LIBRARIES = ("/lib", "/lib64", "/usr/lib", "/usr/lib64")
@@ -209,13 +215,17 @@ class Sandboxing:
             raise SandboxUnavailable(f"{CANNOT_ENFORCE}: {problem}")
         return self._bwrap
 
-    def plan(self, sandbox: dict, restrictive: bool, helper: bool = False) -> Plan:
+    def plan(self, sandbox: dict, restrictive: bool, helper: bool = False,
+             managed_network: dict | None = None) -> Plan:
         """
-        How to confine a child (our file system helper if C{helper}).
+        How to confine a child (our file system helper if C{helper}); with
+        C{managed_network}, a child that reaches only its proxies.
 
         @raise SandboxUnavailable: if the plan needs what this host lacks.
         """
-        plan = policy.plan(sandbox, restrictive, self.host(helper))
+        # Under managed networking our launcher runs first, in the sandbox.
+        runtime = helper or managed_network is not None
+        plan = policy.plan(sandbox, restrictive, self.host(runtime), managed_network=managed_network)
         if plan.wrap:
             self.require()
         elif plan.seccomp is not None:
@@ -225,17 +235,21 @@ class Sandboxing:
                 raise SandboxUnavailable(f"{CANNOT_ENFORCE}: {e}") from None
         return plan
 
-    def launch(self, plan: Plan, program: str, argv: list[str], executable: str) -> "Launch":
+    def launch(self, plan: Plan, program: str, argv: list[str], executable: str,
+               env: dict[str, str] | None = None) -> "Launch":
         """
         What to exec to run C{program} with C{argv} under C{plan} (in place,
-        C{executable} is the program found on the child's PATH); the caller
-        closes the launch's descriptors once the child has started.
+        C{executable} is the program found on the child's PATH; C{env} is
+        the child's environment, which names its proxies under managed
+        networking); the caller closes the launch's descriptors once the
+        child has started, and starts its bridge, if any.
         """
         if not plan.wrap:
             install = seccomp.installer(plan.seccomp) if plan.seccomp is not None else None
             return Launch(argv, executable, (), install)
         bwrap = self.require()
         fds: list[int] = []
+        bridge = None
 
         def empty_file() -> int:
             fd = os.memfd_create("empty", os.MFD_CLOEXEC)
@@ -243,34 +257,71 @@ class Sandboxing:
             return fd
 
         try:
-            options = policy.bwrap_arguments(plan, empty_file)
-            if plan.seccomp is not None:
-                fd = seccomp.program_fd(plan.seccomp)
-                fds.append(fd)
-                options += [b"--seccomp", b"%d" % fd]
+            command = [bwrap, *policy.bwrap_arguments(plan, empty_file)]
+            if plan.proxied:
+                inner, bridge = _net_launcher(plan, env or {}, fds)
+                command += ["--", *inner, program, *argv]
+            else:
+                if plan.seccomp is not None:
+                    fd = seccomp.program_fd(plan.seccomp)
+                    fds.append(fd)
+                    command += [b"--seccomp", b"%d" % fd]
+                if argv[0] != program and self._supports_argv0:
+                    command += ["--argv0", argv[0]]
+                # bubblewrap finds a bare name on the child's PATH inside the sandbox.
+                command += ["--", program, *argv[1:]]
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
-        command = [bwrap, *options]
-        if argv[0] != program and self._supports_argv0:
-            command += ["--argv0", argv[0]]
-        # bubblewrap finds a bare name on the child's PATH inside the sandbox.
-        command += ["--", program, *argv[1:]]
-        return Launch(command, bwrap, tuple(fds), None)
+        return Launch(command, bwrap, tuple(fds), None, bridge)
+
+
+def _net_launcher(plan: Plan, env: dict[str, str], fds: list[int]) -> tuple[list, ProxyBridge | None]:
+    """
+    The command that starts a child under managed networking inside its
+    sandbox (L{execserver.sandbox.netlaunch}), and the bridge to its
+    proxies; or, if its environment names no proxy it may reach, a command
+    that fails as the reference's does. Descriptors the child inherits are
+    added to C{fds}.
+    """
+    try:
+        routes = proxyroute.plan_routes(env, plan.loopback_ports)
+    except proxyroute.RouteError as e:
+        spec: dict = {"error": str(e)}
+        bridge = None
+    else:
+        filter_fd = seccomp.program_fd(plan.seccomp)
+        fds.append(filter_fd)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        control = theirs.detach()
+        fds.append(control)
+        bridge = ProxyBridge(ours, routes.endpoints)
+        spec = {
+            "control": control,
+            "seccomp": filter_fd,
+            "endpoints": len(routes.endpoints),
+            "routes": [[r.key, r.endpoint, r.before_port, r.after_port] for r in routes.routes],
+            "lcCtype": env.get("LC_CTYPE"),
+        }
+    # -S: no site packages, -I: nothing from the child's PYTHON* variables.
+    return [sys.executable, "-I", "-S", NET_LAUNCHER, json.dumps(spec)], bridge
 
 
 @dataclass
 class Launch:
     """
     The program to exec (bubblewrap, or the child itself), the descriptors
-    it must inherit, and what to run in the child before exec.
+    it must inherit, what to run in the child before exec, and the bridge
+    to its proxies.
     """
 
     argv: list
     executable: str
     pass_fds: tuple[int, ...]
     before_exec: Callable[[], None] | None
+    #: Managed networking's host end, to start once the child has started.
+    bridge: ProxyBridge | None = None
 
     def close(self) -> None:
         for fd in self.pass_fds:

@@ -7,8 +7,11 @@ They deny what the reference's filters deny, with C{EPERM}: with the network
 restricted, every socket family but Unix, the socket calls that reach out or
 inspect (C{connect}, C{bind}, C{sendto}, ...), ptrace and cross-process
 memory access, and io_uring (which can make sockets without C{socket()});
-with the network allowed, only VM sockets and io_uring. A filter is compiled
-once per kind and then reused for every child.
+with the network allowed, only VM sockets and io_uring; under managed
+networking, every socket family but IPv4 and IPv6 (so no Unix socket reaches
+a host service past the network namespace; C{socketpair} stays Unix only),
+ptrace, cross-process memory access and io_uring. A filter is compiled once
+per kind and then reused for every child.
 """
 
 from __future__ import annotations
@@ -26,12 +29,17 @@ SCMP_ACT_ALLOW = 0x7FFF0000
 _SCMP_ACT_ERRNO = 0x00050000
 SCMP_FLTATR_ACT_BADARCH = 2
 SCMP_CMP_NE = 1
+SCMP_CMP_LT = 2
+SCMP_CMP_EQ = 4
+SCMP_CMP_GT = 6
 SCMP_CMP_MASKED_EQ = 7
 
 PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_SET_MODE_FILTER = 1
 
 AF_UNIX = socket.AF_UNIX
+AF_INET = socket.AF_INET
+AF_INET6 = socket.AF_INET6
 AF_VSOCK = 40
 
 #: Denied outright when the network is restricted.
@@ -104,10 +112,29 @@ def _rules(kind: Seccomp) -> list[tuple[str, list[tuple[int, int, int, int]]]]:
         # through, never less.
         not_unix = [(0, SCMP_CMP_NE, AF_UNIX, 0)]
         rules += [("socket", not_unix), ("socketpair", not_unix)]
+    elif kind is Seccomp.PROXY_ROUTED:
+        rules += [(name, []) for name in TRACE_CALLS]
+        rules.append(("socketpair", [(0, SCMP_CMP_NE, AF_UNIX, 0)]))
+        rules += [("socket", [condition]) for condition in _families_except(AF_INET, AF_INET6)]
     else:
         vsock = [(0, SCMP_CMP_MASKED_EQ, 0xFFFFFFFF, AF_VSOCK)]
         rules += [("socket", vsock), ("socketpair", vsock)]
     return rules
+
+
+def _families_except(*allowed: int) -> list[tuple[int, int, int, int]]:
+    """
+    Conditions on the first argument, one per rule, that together match
+    every value but C{allowed}: below the smallest, each gap, above the
+    largest. (One rule cannot compare an argument twice.) Comparing all 64
+    bits matches more than the kernel's int would let through, never less.
+    """
+    ordered = sorted(allowed)
+    conditions = [(0, SCMP_CMP_LT, ordered[0], 0)]
+    for low, high in zip(ordered, ordered[1:]):
+        conditions += [(0, SCMP_CMP_EQ, value, 0) for value in range(low + 1, high)]
+    conditions.append((0, SCMP_CMP_GT, ordered[-1], 0))
+    return conditions
 
 
 def _compile(kind: Seccomp) -> bytes:
