@@ -202,16 +202,22 @@ class StreamingTests(SandboxTestCase):
 
 
 class ManagedNetworkTests(SandboxTestCase):
-    async def test_enforced_managed_networking_is_refused(self):
-        params = start_params("m", ["/bin/true"], sandbox=workspace(self.w, "enabled"),
+    async def test_a_missing_program_fails_as_under_bubblewrap(self):
+        """
+        Our launcher runs the command, and reports a failed exec as
+        bubblewrap does elsewhere (docs/compatibility.md).
+        """
+        params = start_params("m", ["no-such-program-e2e"], sandbox=workspace(self.w, "enabled"),
+                              env={"PATH": "/usr/bin:/bin", "HTTP_PROXY": "http://127.0.0.1:3128"},
                               enforceManagedNetwork=True,
-                              managedNetwork={"loopbackPorts": [8080], "allowLocalBinding": False})
+                              managedNetwork={"loopbackPorts": [3128], "allowLocalBinding": False})
         reply = await self.call("process/start", params)
-        self.assertEqual(reply["error"], {
-            "code": -32602,
-            "message": "sandbox intent cannot be enforced on this executor: "
-                       "managed networking (enforceManagedNetwork) is not supported",
-        })
+        self.assertEqual(reply["result"], {"processId": "m", "sandboxType": "linuxSeccomp"})
+        await self.transport.closed_event("m")
+        (exited,) = [m for m in self.transport.events("m") if m["method"] == "process/exited"]
+        self.assertEqual(exited["params"]["exitCode"], 1)
+        self.assertEqual(self.transport.output("m", "stderr"),
+                         b"bwrap: execvp no-such-program-e2e: No such file or directory\n")
 
     async def test_managed_network_facts_alone_change_nothing(self):
         params = start_params("m", ["/bin/true"], sandbox=workspace(self.w),

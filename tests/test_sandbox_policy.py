@@ -99,6 +99,37 @@ class ModeTests(PolicyTestCase):
                          (True, Seccomp.NO_VSOCK, False))
 
 
+class ManagedNetworkTests(PolicyTestCase):
+    """
+    Enforced managed networking wraps every context in a network namespace
+    of its own, under the proxy-routed filter.
+    """
+
+    FACTS = {"loopbackPorts": [3128], "allowLocalBinding": False}
+
+    def managed(self, sandbox: dict, restrictive: bool) -> policy.Plan:
+        return policy.plan(sandbox, restrictive, self.host, managed_network=self.FACTS)
+
+    def test_an_unrestricted_file_system_is_bound_whole_and_writable(self):
+        for permissions in ({"type": "disabled"}, {"type": "external", "network": "enabled"},
+                            {"type": "managed", "network": "restricted",
+                             "file_system": {"type": "unrestricted"}}):
+            plan = self.managed(context(permissions=permissions), restrictive=False)
+            self.assertEqual(
+                (plan.wrap, plan.seccomp, plan.unshare_net, plan.mounts, plan.proxied, plan.loopback_ports),
+                (True, Seccomp.PROXY_ROUTED, True, policy.WHOLE_HOST_MOUNTS, True, (3128,)),
+            )
+
+    def test_a_restricted_file_system_keeps_its_mounts(self):
+        self.make("w/")
+        sandbox = context([entry(special("root"), "read"), entry(self.uri("w"), "write")], "enabled")
+        plain = self.plan(sandbox)
+        managed = self.managed(sandbox, restrictive=True)
+        self.assertEqual(managed.mounts, plain.mounts)
+        self.assertEqual((managed.seccomp, managed.unshare_net, managed.proxied),
+                         (Seccomp.PROXY_ROUTED, True, True))
+
+
 class MountTests(PolicyTestCase):
     def test_a_workspace_is_bound_writable_with_its_protected_names(self):
         self.make("w/.git/HEAD", "w/.codex/", "w/.aws")
@@ -293,6 +324,19 @@ class SeccompTests(unittest.TestCase):
             "        print(e.errno)\n"
         )
         self.assertEqual(self.run_filtered(Seccomp.NO_VSOCK, code).split(), ["ok", "1"])
+
+    def test_the_proxy_routed_filter_allows_only_ip_sockets(self):
+        code = (
+            "import socket\n"
+            "for family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX, socket.AF_NETLINK, 40, 3, 11):\n"
+            "    try:\n"
+            "        socket.socket(family, socket.SOCK_DGRAM).close(); print('ok')\n"
+            "    except OSError as e:\n"
+            "        print(e.errno)\n"
+            "for end in socket.socketpair(): end.close()\nprint('pair')\n"
+        )
+        self.assertEqual(self.run_filtered(Seccomp.PROXY_ROUTED, code).split(),
+                         ["ok", "ok", "1", "1", "1", "1", "1", "pair"])
 
     def test_filtered_children_have_no_new_privileges(self):
         code = "print([l for l in open('/proc/self/status') if l.startswith(('Seccomp:', 'NoNewPrivs:'))])"

@@ -118,7 +118,7 @@ def _parse(value: str) -> tuple[SplitResult, str, bool] | None:
     except ValueError:
         return None
     scheme = parts.scheme.lower()
-    if not scheme or not parts.hostname or parts.netloc.endswith(":") and parts.port is None:
+    if not scheme or not parts.hostname:
         return None
     if any(c.isspace() for c in parts.netloc):
         return None
