@@ -107,7 +107,7 @@ def call(sandboxing, plan, op: str, args: list) -> Any:
     @raise OSError: or L{rpc.RpcError}, as the operation failed.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    sandboxing.targets.acquire(plan.created)
+    sandboxing.targets.acquire(plan)
     try:
         try:
             command = helper_command(theirs.fileno())
@@ -132,7 +132,7 @@ def call(sandboxing, plan, op: str, args: list) -> Any:
         fd = _received_fd(ours) if op == "open_file" else None
     finally:
         ours.close()
-        sandboxing.targets.release(plan.created)
+        sandboxing.targets.release(plan)
     try:
         reply = json.loads(out)
     except ValueError:

@@ -252,19 +252,19 @@ def start(connection: ServerConnection, p: dict) -> dict:
         before_exec=launch.before_exec,
     )
     process = ManagedProcess(session, process_id, spec, sandboxed=plan is not None)
-    targets = plan.created if plan is not None else ()
-    runner.sandboxing.targets.acquire(targets)
+    confinement = plan or runner.UNCONFINED
+    runner.sandboxing.targets.acquire(confinement)
     try:
         process.start()
     except OSError as e:
-        runner.sandboxing.targets.release(targets)
+        runner.sandboxing.targets.release(confinement)
         if launch.bridge is not None:
             launch.bridge.stop()
         raise rpc.internal_error(oserrors.describe(e)) from None
     finally:
         launch.close()
-    if targets:
-        process.child.finished.addBoth(_released, targets)
+    if confinement.created or confinement.stand_ins:
+        process.child.finished.addBoth(_released, confinement)
     if launch.bridge is not None:
         launch.bridge.start(session.reactor)
         process.child.finished.addBoth(_bridge_stopped, launch.bridge)
@@ -276,8 +276,8 @@ def start(connection: ServerConnection, p: dict) -> dict:
     return {"processId": process_id, "sandboxType": sandbox_type}
 
 
-def _released(result: Any, targets: tuple[bytes, ...]) -> Any:
-    runner.sandboxing.targets.release(targets)
+def _released(result: Any, plan: Plan) -> Any:
+    runner.sandboxing.targets.release(plan)
     return result
 
 

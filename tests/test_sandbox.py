@@ -201,6 +201,43 @@ class StreamingTests(SandboxTestCase):
         self.assertEqual(reply["result"], {"chunk": base64.b64encode(b"abc").decode(), "eof": True})
 
 
+class StandInTests(SandboxTestCase):
+    """
+    Stand-ins that bubblewrap makes on the host for missing protected names
+    stay while any child relies on them.
+    """
+
+    async def start_waiting(self, process_id: str, then: str) -> None:
+        """
+        Start a sandboxed child that says it is ready, waits for a line on
+        its stdin, then runs C{then}.
+        """
+        params = start_params(process_id, ["/bin/sh", "-c", f"echo ready; read x; {then}"],
+                              sandbox=workspace(self.w), cwd=paths.from_host_path(self.w), pipeStdin=True)
+        reply = await self.call("process/start", params)
+        self.assertIn("result", reply)
+        await self.transport.wait_for(lambda m: m.get("method") == "process/output"
+                                      and m["params"]["processId"] == process_id)
+
+    async def go(self, process_id: str) -> None:
+        await self.call("process/write", {"processId": process_id, "writeId": "1",
+                                          "chunk": base64.b64encode(b"go\n").decode()})
+        await self.transport.closed_event(process_id)
+
+    async def test_a_stand_in_outlives_the_child_whose_sandbox_made_it(self):
+        await self.start_waiting("first", "true")
+        # The first child's bubblewrap made .git on the host; the second
+        # child's plan finds it there.
+        self.assertTrue(os.path.isdir(os.path.join(self.w, ".git")))
+        await self.start_waiting("second", "mkdir .git/hooks; echo rc=$?")
+        await self.go("first")
+        self.assertTrue(os.path.isdir(os.path.join(self.w, ".git")))
+        await self.go("second")
+        self.assertEqual(self.transport.output("second"),
+                         b"ready\nmkdir: cannot create directory '.git/hooks': Read-only file system\nrc=1\n")
+        self.assertEqual(sorted(os.listdir(self.w)), [])
+
+
 class ManagedNetworkTests(SandboxTestCase):
     async def test_a_missing_program_fails_as_under_bubblewrap(self):
         """

@@ -133,6 +133,10 @@ class Plan:
     #: Paths that bubblewrap will create on the host as mount points (they
     #: do not exist now); they are removed again when the child is gone.
     created: tuple[bytes, ...] = field(default=())
+    #: Every stand-in the mounts rely on (the protected names of writable
+    #: roots, placeholders of denied paths), whether or not it exists now:
+    #: one that a concurrent child's bubblewrap made must outlive this child.
+    stand_ins: tuple[bytes, ...] = field(default=())
     #: Where the root is not readable: the paths the profile grants. Our
     #: file system helper also sees its runtime, which it must not serve.
     granted: tuple[bytes, ...] | None = None
@@ -342,7 +346,7 @@ def plan(sandbox: dict, restrictive: bool, host: Host,
         denying = denying or entry["access"] == "deny"
         targets = _entry_paths(entry, sandbox, host, cwd, depth)
         {"read": reads, "write": writes, "deny": denies}[entry["access"]].extend(targets)
-    mounts, created, granted = _mounts(_unique(reads), _unique(writes), _unique(denies), host, kind)
+    mounts, created, stand_ins, granted = _mounts(_unique(reads), _unique(writes), _unique(denies), host, kind)
     if proxied:
         seccomp = Seccomp.PROXY_ROUTED
     else:
@@ -354,6 +358,7 @@ def plan(sandbox: dict, restrictive: bool, host: Host,
         unshare_net=restricted_net or proxied,
         pid_namespace=host.pid_namespace,
         created=tuple(created),
+        stand_ins=tuple(stand_ins),
         granted=granted,
         runtime=host.runtime_paths if granted is not None else (),
         reads_everything=granted is None and not denying,
@@ -363,9 +368,10 @@ def plan(sandbox: dict, restrictive: bool, host: Host,
 
 
 def _mounts(reads: list[bytes], writes: list[bytes], denies: list[bytes], host: Host,
-            kind: Callable[..., Kind]) -> tuple[list[Mount], list[bytes], tuple[bytes, ...] | None]:
+            kind: Callable[..., Kind]) -> tuple[list[Mount], list[bytes], list[bytes], tuple[bytes, ...] | None]:
     mounts: list[Mount] = []
     created: list[bytes] = []
+    stand_ins: list[bytes] = []
     daemon = os.fsencode(DAEMON_DIRECTORY.format(uid=host.uid))
     daemon_exists = kind(daemon) is Kind.DIRECTORY
     writes = sorted(path for path in writes if kind(path) is Kind.DIRECTORY)
@@ -393,6 +399,7 @@ def _mounts(reads: list[bytes], writes: list[bytes], denies: list[bytes], host: 
         hide_daemon(root)
         for name in PROTECTED_NAMES:
             protected = root.rstrip(b"/") + b"/" + name
+            stand_ins.append(protected)
             what = kind(protected, look_inside=True)
             if what is Kind.MISSING:
                 created.append(protected)
@@ -415,8 +422,9 @@ def _mounts(reads: list[bytes], writes: list[bytes], denies: list[bytes], host: 
         elif any(_under(path, root) for root in writes) and kind(os.path.dirname(path)) is Kind.DIRECTORY:
             # Keep it from being made: an empty read-only file stands there.
             created.append(path)
+            stand_ins.append(path)
             mounts.append(Mount("file", path))
-    return mounts, _unique(created), granted
+    return mounts, _unique(created), _unique(stand_ins), granted
 
 
 def hidden_runtime(plan: Plan, path: bytes) -> bool:

@@ -62,32 +62,42 @@ class SandboxUnavailable(Exception):
 class _MountTargets:
     """
     Mount points that bubblewrap makes on the host for masks of names that
-    did not exist. Each is removed once no running child uses it, if it is
-    still the empty directory or file bubblewrap left.
+    did not exist. Each is removed once no running child relies on it, if
+    it is still the empty directory or file bubblewrap left. A child relies
+    on every stand-in of its plan, also those a concurrent child's
+    bubblewrap made before this child's plan was drawn up: the kernel
+    detaches a mount when its mount point is removed on the host, so
+    removing it under a running child would unmask the name for it.
     """
 
     def __init__(self) -> None:
         self._users: dict[bytes, int] = {}
+        #: Stand-ins that bubblewrap made for our children.
+        self._made: set[bytes] = set()
         # The file system helper runs in the thread pool.
         self._lock = threading.Lock()
 
-    def acquire(self, targets: tuple[bytes, ...]) -> None:
+    def acquire(self, plan: Plan) -> None:
         with self._lock:
-            for target in targets:
+            self._made.update(plan.created)
+            for target in _relied_on(plan):
                 self._users[target] = self._users.get(target, 0) + 1
 
-    def release(self, targets: tuple[bytes, ...]) -> None:
+    def release(self, plan: Plan) -> None:
         with self._lock:
-            self._release(targets)
+            for target in _relied_on(plan):
+                count = self._users.get(target, 0) - 1
+                if count > 0:
+                    self._users[target] = count
+                    continue
+                self._users.pop(target, None)
+                if target in self._made:
+                    self._made.discard(target)
+                    _remove_empty(target)
 
-    def _release(self, targets: tuple[bytes, ...]) -> None:
-        for target in targets:
-            count = self._users.get(target, 0) - 1
-            if count > 0:
-                self._users[target] = count
-                continue
-            self._users.pop(target, None)
-            _remove_empty(target)
+
+def _relied_on(plan: Plan) -> tuple[bytes, ...]:
+    return tuple(dict.fromkeys(plan.created + plan.stand_ins))
 
 
 def _remove_empty(path: bytes) -> None:
