@@ -15,6 +15,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial import unittest
 
 from tests.codex import scenarios, targets
+from tests.httpserver import Origin
 from tests.codex.compare import differences
 from tests.codex.runner import run_codex
 from tests.codex.scenario import Scenario
@@ -105,3 +106,23 @@ class IgnoredSignalsTests(CodexTestCase):
         scenarios.TERMINAL, targets.WEBSOCKET,
         ignored_signals=(signal.SIGINT, signal.SIGQUIT), variant="background",
     )
+
+
+class SandboxTests(CodexTestCase):
+    """
+    Codex in its sandbox modes: every command and every patch write carries
+    the sandbox, which the exec-server enforces. A local HTTP server shows
+    that the network is closed.
+    """
+
+    async def setUp(self):
+        self.origin = await Origin().start()
+        self.addCleanup(self.origin.stop)
+
+    async def test_workspace_write(self):
+        await self.compare(scenarios.workspace_write(self.origin.port_number), targets.WEBSOCKET,
+                           codex_config={"sandbox_mode": "workspace-write"}, variant="workspace-write")
+
+    async def test_read_only(self):
+        await self.compare(scenarios.read_only(self.origin.port_number), targets.WEBSOCKET,
+                           codex_config={"sandbox_mode": "read-only"}, variant="read-only")

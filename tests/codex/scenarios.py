@@ -140,4 +140,67 @@ FILES = Scenario(
     ),
 )
 
+def _sandbox_commands(port: int) -> tuple:
+    """
+    Commands that show a sandbox: writes inside the workspace and outside
+    it (C{..} is the run's scratch directory), the network (a server on
+    this host's loopback, C{port}) and a terminal.
+    """
+    return (
+        exec_command("write inside", "echo hi > inside.txt && cat inside.txt", login=False),
+        exec_command("write outside", "touch ../outside.txt; echo rc=$?", login=False, unordered=True,
+                     expect=["Read-only file system", "rc=1"]),
+        exec_command("network", f"exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected; echo rc=$?",
+                     login=False, unordered=True, expect=["Operation not permitted", "rc=1"]),
+        exec_command("terminal", "touch inside-tty; echo rc=$?; touch ../outside-tty; echo rc=$?",
+                     tty=True, login=False, expect=["Read-only file system"]),
+    )
+
+
+def workspace_write(port: int) -> Scenario:
+    """
+    codex's C{workspace-write}: commands and patches write the workspace
+    and nothing else; a patch through a symbolic link that leads out of it
+    is refused by the exec-server's sandbox, not by codex.
+    """
+    return Scenario(
+        name="workspace-write",
+        files={"update.txt": _PATCHED, "delete.txt": b"remove me\n"},
+        turns=(
+            (*_sandbox_commands(port),
+             exec_command("protected name", "mkdir .git/hooks; echo rc=$?", login=False, unordered=True,
+                          expect=["Read-only file system", "rc=1"]),
+             exec_command("link out", "ln -s .. up && echo linked", login=False, expect=["linked"])),
+            (apply_patch("patch", (
+                "*** Add File: nested/added.txt\n+new file\n"
+                "*** Update File: update.txt\n@@\n alpha\n-beta\n+BETA\n"
+                "*** Delete File: delete.txt\n"
+            ), expect=["Success", "A nested/added.txt", "M update.txt", "D delete.txt"]),),
+            (apply_patch("patch through link", "*** Add File: up/escaped.txt\n+x\n",
+                         expect=["Failed to write file"]),),
+            (exec_command("result", "ls . nested ..; cat inside.txt update.txt nested/added.txt",
+                          login=False, expect=["BETA", "inside-tty"]),),
+        ),
+    )
+
+
+def read_only(port: int) -> Scenario:
+    """
+    codex's C{read-only}: nothing is written, and codex itself refuses
+    patches before they reach the exec-server.
+    """
+    return Scenario(
+        name="read-only",
+        files={"update.txt": _PATCHED},
+        turns=(
+            (*_sandbox_commands(port),
+             exec_command("protected name", "mkdir .git; echo rc=$?", login=False, unordered=True,
+                          expect=["Read-only file system", "rc=1"])),
+            (apply_patch("patch", "*** Update File: update.txt\n@@\n alpha\n-beta\n+BETA\n",
+                         expect=["writing is blocked by read-only sandbox"]),),
+            (exec_command("result", "ls; cat update.txt", login=False, expect=["beta"]),),
+        ),
+    )
+
+
 SCENARIOS = (COMMANDS, TERMINAL, FILES)
