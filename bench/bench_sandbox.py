@@ -6,6 +6,8 @@ no network):
 * round trip: process/start of /bin/true until its process/closed (p50, p90)
 * concurrency: sandboxed execs per second with 20 connections each running
   /bin/true back to back
+* file system: a sandboxed fs/writeFile of one byte into the workspace,
+  request to reply (p50, p90)
 
     python bench/bench_sandbox.py [--rounds N] [--seconds S]
 """
@@ -63,6 +65,21 @@ async def round_trips(url: str, rounds: int, params: dict) -> list[float]:
     return times
 
 
+async def write_file_round_trips(url: str, rounds: int, directory: str) -> list[float]:
+    client = await common.connect(url)
+    params = {"path": "file://" + directory + "/bench.txt", "dataBase64": "QQ==",
+              "sandbox": workspace_write(directory)}
+    times = []
+    for _ in range(rounds):
+        started = common.now()
+        reply = await client.call("fs/writeFile", params)
+        if "error" in reply:
+            raise RuntimeError(f"fs/writeFile failed: {reply['error']}")
+        times.append(common.now() - started)
+    client.close()
+    return times
+
+
 async def concurrency(url: str, connections: int, seconds: float, params: dict) -> float:
     clients = [await common.connect(url) for _ in range(connections)]
     deadline = common.now() + seconds
@@ -92,8 +109,12 @@ async def main(args) -> str:
             await round_trips(server.url, 10, params)  # warm up
             times = await round_trips(server.url, args.rounds, params)
             execs = await concurrency(server.url, 20, args.seconds, params)
+            await write_file_round_trips(server.url, 5, directory)  # warm up
+            writes = await write_file_round_trips(server.url, args.rounds, directory)
             results[kind] = {"p50": common.median(times) * 1000,
-                             "p90": common.percentile(times, 0.9) * 1000, "execs": execs}
+                             "p90": common.percentile(times, 0.9) * 1000, "execs": execs,
+                             "write p50": common.median(writes) * 1000,
+                             "write p90": common.percentile(writes, 0.9) * 1000}
     finally:
         for server in servers.values():
             server.stop()
@@ -102,6 +123,8 @@ async def main(args) -> str:
         common.Row("sandboxed /bin/true round trip p50", "ms", ref["p50"], ours["p50"], "≤ 0.5x", "lower"),
         common.Row("sandboxed /bin/true round trip p90", "ms", ref["p90"], ours["p90"], "-", "lower"),
         common.Row("sandboxed execs/s, 20 connections", "1/s", ref["execs"], ours["execs"], "≥ 1.0x", "higher"),
+        common.Row("sandboxed fs/writeFile p50", "ms", ref["write p50"], ours["write p50"], "-", "lower"),
+        common.Row("sandboxed fs/writeFile p90", "ms", ref["write p90"], ours["write p90"], "-", "lower"),
     ]
     return common.report("Sandbox benchmark (bench/bench_sandbox.py)", rows)
 

@@ -20,7 +20,6 @@ import base64
 import json
 import os
 import socket
-import subprocess
 import sys
 from typing import Any
 
@@ -82,20 +81,36 @@ def main(channel_fd: int) -> None:
     sys.stdout.flush()
 
 
+def _import_path() -> list[str]:
+    """
+    Where the helper finds this package and what it imports: the server's
+    own module path, so the helper needs no site initialisation.
+    """
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found = [package_root]
+    for entry in sys.path:
+        # Path hooks (an editable install's finder) and the empty entry
+        # (the working directory) are not directories the helper can use.
+        if entry and os.path.isabs(entry) and entry not in found:
+            found.append(entry)
+    return found
+
+
 def helper_command(channel_fd: int) -> list[str]:
     """
     How to run the helper with this interpreter and this package, whatever
     the sandbox's environment; C{channel_fd} is its end of the socket that
     carries opened files back.
     """
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
-        f"import sys; sys.path.insert(0, {package_root!r}); "
+        f"import sys; sys.path[:0] = {_import_path()!r}; "
         f"from execserver.fshelper import main; main({channel_fd})"
     )
     # The interpreter as started (a virtual environment's own), so that the
-    # helper imports what the server imports.
-    return [sys.executable, "-I", "-c", code]
+    # helper imports what the server imports. -I: nothing from the
+    # environment or the user's site; -S: no site initialisation at all
+    # (a third of the helper's start-up), as the path is given.
+    return [sys.executable, "-I", "-S", "-c", code]
 
 
 def call(sandboxing, plan, op: str, args: list) -> Any:
@@ -106,6 +121,9 @@ def call(sandboxing, plan, op: str, args: list) -> Any:
 
     @raise OSError: or L{rpc.RpcError}, as the operation failed.
     """
+    # Imported here: the helper, which imports this module, never needs it.
+    import subprocess
+
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     sandboxing.targets.acquire(plan)
     try:
