@@ -10,6 +10,7 @@ import base64
 import os
 import socket
 import subprocess
+import sys
 
 from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
@@ -201,6 +202,11 @@ class StreamingTests(SandboxTestCase):
         self.assertEqual(reply["result"], {"chunk": base64.b64encode(b"abc").decode(), "eof": True})
 
 
+class _Echo(protocol.Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(b"echo:" + data)
+
+
 class StandInTests(SandboxTestCase):
     """
     Stand-ins that bubblewrap makes on the host for missing protected names
@@ -255,6 +261,28 @@ class ManagedNetworkTests(SandboxTestCase):
         self.assertEqual(exited["params"]["exitCode"], 1)
         self.assertEqual(self.transport.output("m", "stderr"),
                          b"bwrap: execvp no-such-program-e2e: No such file or directory\n")
+
+    async def test_without_a_pid_namespace_the_bridge_works_too(self):
+        """
+        With C{--linux-sandbox-pid-namespace inherit} the child is routed
+        the same way: the bridge lives in the server, not in the sandbox.
+        """
+        self.patch(runner, "sandboxing", runner.Sandboxing(runner.SandboxConfig(pid_namespace=False)))
+        echo = reactor.listenTCP(0, protocol.Factory.forProtocol(_Echo), interface="127.0.0.1")
+        self.addCleanup(echo.stopListening)
+        port = echo.getHost().port
+        client = (
+            "import os, socket\n"
+            "bridge = int(os.environ['ALL_PROXY'].rsplit(':', 1)[1])\n"
+            "s = socket.create_connection(('127.0.0.1', bridge))\n"
+            "s.sendall(b'ping'); print(s.recv(100).decode(), bridge != %d)\n" % port
+        )
+        params = start_params("m", [sys.executable, "-I", "-c", client], sandbox=workspace(self.w),
+                              env={"ALL_PROXY": f"socks5h://127.0.0.1:{port}"}, enforceManagedNetwork=True)
+        reply = await self.call("process/start", params)
+        self.assertEqual(reply["result"], {"processId": "m", "sandboxType": "linuxSeccomp"})
+        await self.transport.closed_event("m")
+        self.assertEqual(self.transport.output("m"), b"echo:ping True\n")
 
     async def test_managed_network_facts_alone_change_nothing(self):
         params = start_params("m", ["/bin/true"], sandbox=workspace(self.w),
