@@ -16,6 +16,7 @@ from execserver import params as P
 from execserver import paths, rpc, sandbox, uuids
 from execserver.process import ManagedProcess
 from execserver.sandbox import runner
+from execserver.sandbox.bridge import ProxyBridge
 from execserver.sandbox.policy import Plan
 from execserver.server import Method, ServerConnection
 from execserver.spawn import ChildSpec
@@ -281,7 +282,7 @@ def _released(result: Any, plan: Plan) -> Any:
     return result
 
 
-def _bridge_stopped(result: Any, bridge) -> Any:
+def _bridge_stopped(result: Any, bridge: ProxyBridge) -> Any:
     bridge.stop()
     return result
 
