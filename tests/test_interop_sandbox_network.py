@@ -43,13 +43,14 @@ async def failure(peer, process_id: str, sandbox: dict, env: dict, **extra) -> N
               "env": env, "sandbox": sandbox}
     params.update(extra)
     await peer.call("process/start", params, label=f"start {process_id}")
-    output, exited = b"", None
-    while exited is None or message["method"] != "process/closed":
+    output, exited, closed = b"", None, False
+    while not closed:
         message = await peer.queue.notification(lambda m: m["params"].get("processId") == process_id)
         if message["method"] == "process/output":
             output += base64.b64decode(message["params"]["chunk"])
         elif message["method"] == "process/exited":
             exited = message["params"]
+        closed = message["method"] == "process/closed"
     reason = output.decode().partition("failed to prepare host proxy routing bridge: ")[2].split("\n")[0]
     peer.record(f"{process_id} failed", {"exitCode": exited["exitCode"],
                                          "sandboxDenied": exited["sandboxDenied"], "reason": reason})

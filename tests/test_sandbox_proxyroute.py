@@ -7,7 +7,6 @@ expected values are what 0.169.0 did with the same variables
 
 from __future__ import annotations
 
-import os
 import socket
 
 from twisted.internet import defer, protocol, reactor
