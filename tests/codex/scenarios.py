@@ -48,10 +48,14 @@ COMMANDS = Scenario(
                          expect=["leader\njob"]),
             exec_command("other shell", "echo $0", shell="/bin/sh"),
         ),
+        # Large, but within the reference's 1 MiB replay window: beyond it,
+        # the reference drops output when codex reads slower than the
+        # command writes (a loaded machine), and the counts would differ
+        # by chance (ours keeps it all; docs/compatibility.md).
         (
-            exec_command("large", "seq 1 300000", max_output_tokens=300,
-                         expect=["truncated output", "\n299999\n"]),
-            exec_command("long line", "head -c 3000000 /dev/zero | tr '\\0' x; echo end",
+            exec_command("large", "seq 1 150000", max_output_tokens=300,
+                         expect=["truncated output", "\n149999\n"]),
+            exec_command("long line", "head -c 1000000 /dev/zero | tr '\\0' x; echo end",
                          max_output_tokens=300, expect=["xxxx", "end"]),
         ),
     ),
