@@ -1,8 +1,9 @@
 """
-The registry client's C{connect}, against a raw HTTP server that records
-the exact request bytes and answers what the test says: the request codex
-sends, the bundle checks, codex's error texts, no redirects, the 10 s
-deadline, proxies from the environment, and secrets kept out of reprs.
+The registry client's C{connect}, C{register} and C{validate}, against a
+raw HTTP server that records the exact request bytes and answers what the
+test says: the requests codex sends, the answer checks, codex's error
+texts, no redirects, the 10 s deadline, proxies from the environment, and
+secrets kept out of reprs and errors.
 """
 
 from __future__ import annotations
@@ -85,13 +86,15 @@ class RawHttpServer(protocol.Factory):
         self.closed = Deferred()
 
 
-class RegistryClientTests(unittest.TestCase):
+class ServingTestCase(unittest.TestCase):
     def serve(self, answer: bytes | None) -> tuple[RawHttpServer, str]:
         server = RawHttpServer(answer)
         port = reactor.listenTCP(0, server, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return server, f"http://127.0.0.1:{port.getHost().port}"
 
+
+class RegistryClientTests(ServingTestCase):
     async def connect(self, answer: bytes, base_suffix: str = "", **kwargs):
         server, base = self.serve(answer)
         client = RegistryClient(reactor, base + base_suffix, TOKEN, environ={}, **kwargs)
@@ -228,6 +231,109 @@ class RegistryClientTests(unittest.TestCase):
             with self.assertRaises(ValueError):
                 RegistryClient(reactor, base, token, environ={})
         self.assertNotIn(TOKEN, repr(RegistryClient(reactor, "http://r.test", TOKEN, environ={})))
+
+
+REGISTRATION = {
+    "environment_id": "env-1",
+    "url": "ws://rendezvous.test/ws/environment/env-1?role=environment&sig=secret-signature",
+    "security_profile": SECURITY_PROFILE,
+    "executor_registration_id": "reg-1",
+}
+
+
+class ExecutorCallsTests(ServingTestCase):
+    """The executor's calls: register, then validate for each handshake."""
+
+    async def call(self, answer: bytes, method: str, *args):
+        server, base = self.serve(answer)
+        client = RegistryClient(reactor, base, TOKEN, environ={})
+        result = await support.with_timeout(getattr(client, method)(*args))
+        return server, result
+
+    async def register(self, answer: bytes):
+        return await self.call(answer, "register", " env-1 ", EXECUTOR_KEY)
+
+    async def validate(self, answer: bytes):
+        return await self.call(answer, "validate", "env-1", "reg-1", HARNESS_KEY,
+                               "secret-authorization", "stream-7")
+
+    async def test_register_posts_the_executor_key_as_codex_does(self):
+        server, _ = await self.register(http_response(200, REGISTRATION))
+        head, _, body = server.requests[0].partition(b"\r\n\r\n")
+        self.assertEqual(head.split(b"\r\n")[:3], [
+            b"POST /cloud/environment/env-1/register HTTP/1.1",
+            b"content-type: application/json",
+            b"authorization: Bearer " + TOKEN.encode(),
+        ])
+        self.assertEqual(body, json.dumps({
+            "security_profile": SECURITY_PROFILE,
+            "executor_public_key": EXECUTOR_KEY.to_json_object(),
+        }, separators=(",", ":")).encode())
+
+    async def test_the_registration_comes_from_the_answer(self):
+        _, registration = await self.register(http_response(200, REGISTRATION))
+        self.assertEqual(
+            (registration.websocket_url, registration.environment_id,
+             registration.executor_registration_id),
+            (REGISTRATION["url"], "env-1", "reg-1"))
+        self.assertNotIn("secret", repr(registration))
+
+    async def test_a_registration_that_fails_the_checks_is_refused(self):
+        cases = [
+            ({"environment_id": "env-2"}, "answered for another environment"),
+            ({"security_profile": "plaintext"}, "unsupported security profile"),
+            ({"url": ""}, "register answer has no url"),
+            ({"executor_registration_id": 7}, "register answer has no executor_registration_id"),
+        ]
+        for change, text in cases:
+            with self.assertRaises(RegistryError) as caught:
+                await self.register(http_response(200, {**REGISTRATION, **change}))
+            self.assertIn(text, str(caught.exception))
+
+    async def test_a_refused_registration_says_why(self):
+        with self.assertRaises(RegistryAuthenticationFailed) as caught:
+            await self.register(http_response(
+                401, {"error": {"code": "unauthorized", "message": "bad token"}}))
+        self.assertEqual(str(caught.exception), "authentication failed (401): bad token")
+
+    async def test_validate_posts_the_harness_key_and_authorization_as_codex_does(self):
+        server, valid = await self.validate(http_response(200, {"valid": True}))
+        head, _, body = server.requests[0].partition(b"\r\n\r\n")
+        self.assertEqual(head.split(b"\r\n")[:4], [
+            b"POST /cloud/environment/env-1/validate HTTP/1.1",
+            b"content-type: application/json",
+            b"authorization: Bearer " + TOKEN.encode(),
+            b"x-codex-noise-stream-id: stream-7",
+        ])
+        self.assertEqual(body, json.dumps({
+            "executor_registration_id": "reg-1",
+            "harness_public_key": HARNESS_KEY.to_json_object(),
+            "harness_key_authorization": "secret-authorization",
+        }, separators=(",", ":")).encode())
+        self.assertIs(valid, True)
+
+    async def test_only_an_explicit_valid_true_validates(self):
+        for answer in ({"valid": False}, {"valid": "true"}, {"valid": 1}, {}, ["valid"]):
+            _, valid = await self.validate(http_response(200, json.dumps(answer).encode()))
+            self.assertIs(valid, False, answer)
+
+    async def test_a_failed_validation_does_not_quote_the_answer(self):
+        with self.assertRaises(RegistryError) as caught:
+            await self.validate(http_response(
+                500, {"error": {"code": "boom", "message": "secret-authorization"}}))
+        self.assertEqual((str(caught.exception), caught.exception.status),
+                         ("environment registry validate failed (500)", 500))
+
+    async def test_a_validation_that_stalls_is_given_up_after_10_seconds(self):
+        server, base = self.serve(None)
+        clock = task.Clock()
+        client = RegistryClient(reactor, base, TOKEN, environ={}, clock=clock)
+        calling = client.validate("env-1", "reg-1", HARNESS_KEY, "authorization", "s")
+        await support.with_timeout(server.request_seen)
+        clock.advance(REQUEST_TIMEOUT_SECONDS)
+        with self.assertRaises(RegistryError) as caught:
+            await calling
+        self.assertIn("did not answer validate within 10 s", str(caught.exception))
 
 
 def server_host(request: bytes) -> bytes:

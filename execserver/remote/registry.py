@@ -20,8 +20,9 @@ Tokens, authorizations and socket URLs (which carry signatures) are never
 logged or shown: a bundle's C{repr} hides them and URLs appear only up to
 their C{?}.
 
-L{RegistryClient.connect} is the harness's call; the executor's
-C{register} and C{validate} go through the same L{RegistryClient._post}.
+L{RegistryClient.connect} is the harness's call; L{RegistryClient.register}
+and L{RegistryClient.validate} are the executor's. C{validate}'s error
+bodies are never read into an error: a registry may echo the authorization.
 """
 
 from __future__ import annotations
@@ -92,6 +93,24 @@ class ConnectBundle:
                 f"environment_id={self.environment_id!r}, "
                 f"executor_registration_id={self.executor_registration_id!r}, "
                 "harness_key_authorization=<redacted>)")
+
+
+@dataclass(frozen=True, repr=False)
+class Registration:
+    """
+    An executor's registration: the socket URL to dial (and to dial again
+    after a drop, until the rendezvous refuses it with 401) and the ids the
+    handshake prologue binds.
+    """
+
+    websocket_url: str
+    environment_id: str
+    executor_registration_id: str
+
+    def __repr__(self) -> str:
+        return (f"Registration(websocket_url={public_url(self.websocket_url)!r}, "
+                f"environment_id={self.environment_id!r}, "
+                f"executor_registration_id={self.executor_registration_id!r})")
 
 
 class _Body:
@@ -182,6 +201,52 @@ class RegistryClient:
                              {"harness_public_key": harness_key.to_json_object()})
         return calling.addCallback(self._bundle, environment_id)
 
+    def register(self, environment_id: str, executor_key: NoisePublicKey) -> Deferred:
+        """
+        Register C{executor_key} as the environment's executor.
+
+        @return: fires with a L{Registration}, or fails with
+            L{RegistryError}.
+        """
+        environment_id = environment_id.strip()
+        calling = self._post(environment_id, "register", {
+            "security_profile": SECURITY_PROFILE,
+            "executor_public_key": executor_key.to_json_object(),
+        })
+        return calling.addCallback(self._registration, environment_id)
+
+    def _registration(self, answer: Any, environment_id: str) -> Registration:
+        if not isinstance(answer, dict):
+            raise RegistryError("the environment registry's register answer is not a JSON object")
+        if answer.get("environment_id") != environment_id:
+            raise RegistryError("the environment registry answered for another environment")
+        if answer.get("security_profile") != SECURITY_PROFILE:
+            raise RegistryError("the environment registry offers an unsupported security profile")
+        return Registration(
+            websocket_url=_nonblank(answer.get("url"), "url", "register"),
+            environment_id=environment_id,
+            executor_registration_id=_nonblank(
+                answer.get("executor_registration_id"), "executor_registration_id", "register"),
+        )
+
+    def validate(self, environment_id: str, executor_registration_id: str,
+                 harness_key: NoisePublicKey, authorization: str, stream_id: str) -> Deferred:
+        """
+        Ask whether the harness behind C{stream_id} may connect: its key and
+        the authorization from its Noise message 1.
+
+        @return: fires with C{True} only for a 2xx answer of
+            C{{"valid": true}}; fails with L{RegistryError} (whose text never
+            includes the answer's body).
+        """
+        calling = self._post(environment_id.strip(), "validate", {
+            "executor_registration_id": executor_registration_id,
+            "harness_public_key": harness_key.to_json_object(),
+            "harness_key_authorization": authorization,
+        }, {b"x-codex-noise-stream-id": stream_id.encode("utf-8")}, quote_errors=False)
+        return calling.addCallback(lambda answer: isinstance(answer, dict)
+                                   and answer.get("valid") is True)
+
     def _bundle(self, answer: Any, environment_id: str) -> ConnectBundle:
         if not isinstance(answer, dict):
             raise RegistryError("the environment registry's connect answer is not a JSON object")
@@ -204,16 +269,21 @@ class RegistryClient:
         )
 
     def _post(self, environment_id: str, action: str, body: Any,
-              extra_headers: Mapping[bytes, bytes] | None = None) -> Deferred:
+              extra_headers: Mapping[bytes, bytes] | None = None,
+              quote_errors: bool = True) -> Deferred:
         """
         POST C{body} as JSON to C{action} and parse the JSON answer.
+
+        @param quote_errors: whether an error answer's message (or body) goes
+            into the error.
 
         @return: fires with the decoded answer, or fails with
             L{RegistryError}.
         """
         if not environment_id:
             raise ValueError("an environment id is required")
-        calling = ensureDeferred(self._call(environment_id, action, body, extra_headers or {}))
+        calling = ensureDeferred(self._call(environment_id, action, body, extra_headers or {},
+                                            quote_errors))
         calling.addTimeout(REQUEST_TIMEOUT_SECONDS, self.clock)
         return calling.addErrback(self._timed_out, action)
 
@@ -225,7 +295,7 @@ class RegistryClient:
         return failure
 
     async def _call(self, environment_id: str, action: str, body: Any,
-                    extra_headers: Mapping[bytes, bytes]) -> Any:
+                    extra_headers: Mapping[bytes, bytes], quote_errors: bool) -> Any:
         url = weburl.parse(f"{self.base_url}/cloud/environment/{environment_id}/{action}")
         headers = HeaderMap([
             (b"content-type", b"application/json"),
@@ -251,13 +321,14 @@ class RegistryClient:
         data = await reading.done
         status = response.status
         if not 200 <= status < 300:
-            message, code = _error_message(status, data)
+            message, code = _error_message(status, data) if quote_errors else ("", None)
             log.info("registry {action}: HTTP {status}", action=action, status=status)
+            detail = f": {message}" if message else ""
             if status in (401, 403):
                 raise RegistryAuthenticationFailed(
-                    f"authentication failed ({status}): {message}", status, code)
+                    f"authentication failed ({status}){detail}", status, code)
             what = f"{status}, {code}" if code else f"{status}"
-            raise RegistryError(f"environment registry {action} failed ({what}): {message}",
+            raise RegistryError(f"environment registry {action} failed ({what}){detail}",
                                 status, code)
         try:
             return json.loads(data)
