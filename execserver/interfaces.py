@@ -30,7 +30,9 @@ class IMessageTransport(IPushProducer):
     parseErrorPrefix = Attribute(
         "How a malformed message from this peer is introduced in the error "
         "sent back, e.g. 'failed to parse websocket JSON-RPC message from "
-        "exec-server websocket 127.0.0.1:50000'."
+        "exec-server websocket 127.0.0.1:50000'; or None when no error is "
+        "sent back and a malformed message ends the connection (a relay "
+        "stream, which the reference resets)."
     )
 
     def sendMessage(data: bytes | tuple[bytes, ...]) -> None:

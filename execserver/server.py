@@ -298,15 +298,17 @@ class ServerConnection:
         """
         Handle one message; a Deferred means "wait for it before the next".
         """
+        answers_malformed = self.transport.parseErrorPrefix is not None
         try:
-            message = rpc.parse(data, diagnose_now=len(data) <= INLINE_DIAGNOSIS_BYTES)
-        except rpc.NeedsDiagnosis:
-            # Naming the first problem of a large malformed message the way
-            # the reference does takes a while: let the reactor serve the
-            # other connections meanwhile. This one waits for it.
-            pending = self.server.run_blocking(rpc.parse, data)
-            return pending.addCallbacks(self._dispatch, self._malformed)
-        except rpc.MalformedMessage:
+            message = rpc.parse(
+                data, diagnose_now=answers_malformed and len(data) <= INLINE_DIAGNOSIS_BYTES)
+        except rpc.MalformedMessage as e:
+            if isinstance(e, rpc.NeedsDiagnosis) and answers_malformed:
+                # Naming the first problem of a large malformed message the
+                # way the reference does takes a while: let the reactor serve
+                # the other connections meanwhile. This one waits for it.
+                pending = self.server.run_blocking(rpc.parse, data)
+                return pending.addCallbacks(self._dispatch, self._malformed)
             self._malformed(Failure())
             return None
         return self._dispatch(message)
@@ -316,6 +318,11 @@ class ServerConnection:
             log.failure("parsing a message failed", failure)
             if self.connected:
                 self.transport.abortConnection()
+            return
+        if self.transport.parseErrorPrefix is None:
+            # A relay stream: the reference resets it instead of answering.
+            log.info("a message that is not JSON-RPC; closing the connection")
+            self.transport.abortConnection()
             return
         self.sendMessage(rpc.encode_error(
             rpc.MALFORMED_ID,

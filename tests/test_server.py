@@ -130,6 +130,14 @@ class MessageTests(ConnectionTestCase):
         self.assertFalse(self.transport.aborted)
         handshake(self.connection, self.transport)
 
+    def test_a_transport_without_a_parse_error_prefix_is_ended_instead(self):
+        # A relay stream: the reference resets it, whatever the message.
+        for data in (b"not-json", b"[1,2]", b'{"id":1,"method":"initialize"' + b" " * 10000):
+            connection, transport = attach(self.server)
+            transport.parseErrorPrefix = None
+            connection.messageReceived(data)
+            self.assertEqual((transport.sent, transport.aborted), ([], True))
+
     def test_unknown_method(self):
         handshake(self.connection, self.transport)
         send(self.connection, {"id": "a", "method": "no/such"})

@@ -71,6 +71,10 @@ class NoiseStream:
     @ivar ended: the stream is over; nothing is sent or delivered.
     """
 
+    #: A message that is not JSON-RPC is not answered: the server ends
+    #: (resets) the stream, as codex does over the relay.
+    parseErrorPrefix = None
+
     def __init__(self, socket: RelaySocket, stream_id: str, ciphers: TransportCiphers, *,
                  shares_socket: bool, sends_resets: bool,
                  on_end: Callable[[Failure], None] = lambda reason: None) -> None:
@@ -79,7 +83,6 @@ class NoiseStream:
         self.shares_socket = shares_socket
         self.sends_resets = sends_resets
         self.peer = f"relay stream {stream_id}"
-        self.parseErrorPrefix = "failed to parse Noise relay JSON-RPC message"
         self._on_end = on_end
         self._encoder = RecordEncoder(ciphers.send)
         self._decoder = RecordDecoder(ciphers.receive)
