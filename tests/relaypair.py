@@ -1,7 +1,8 @@
 """
 Two relay sockets joined in memory (L{twisted.test.iosim}): the dialling
 side from L{RelayClientFactory}, the accepting side a
-L{RelayServerProtocol}, each with an owner that records what it is told.
+L{RelayServerProtocol}, each with an owner that records what it is told
+(or, dialling, the owner given: an executor's relay).
 Time is a L{task.Clock}; L{RelayPair.flush} moves every byte.
 """
 
@@ -57,10 +58,10 @@ class _SilentAccepting(_Accepting):
 
 
 class RelayPair:
-    def __init__(self, silent_server: bool = False) -> None:
-        self.clock = task.Clock()
+    def __init__(self, silent_server: bool = False, client_owner=None, clock=None) -> None:
+        self.clock = clock or task.Clock()
         self.server_owner = RecordingOwner()
-        self.client_owner = RecordingOwner()
+        self.client_owner = client_owner or RecordingOwner()
         factory = WebSocketServerFactory()
         factory.protocol = _SilentAccepting if silent_server else _Accepting
         factory.owner = self.server_owner
