@@ -264,6 +264,11 @@ class RouterTests(unittest.TestCase):
         self.assertTrue(self.harness.aborted)
         self.assertEqual(self.executor.paused, set())
 
+    def test_a_harness_that_leaves_while_blocked_no_longer_pauses_the_executor(self):
+        self.router.harness_blocked(self.harness, True)
+        self.router.harness_lost(self.harness)
+        self.assertEqual((self.executor.paused, self.clock.getDelayedCalls()), (set(), []))
+
     def test_an_executor_that_cannot_take_more_pauses_its_harnesses(self):
         self.router.executor_blocked(self.executor, True)
         later = self.harness_socket()

@@ -202,10 +202,11 @@ class Router:
         return True
 
     def harness_lost(self, peer) -> None:
-        harness = self._harnesses.pop(peer, None)
+        harness = self._harnesses.get(peer)
         if harness is None:
             return
         self.harness_blocked(peer, False)
+        del self._harnesses[peer]
         environment = self._environments[harness.environment_id]
         del environment.harnesses[peer]
         for stream_id in list(harness.streams):
