@@ -1,8 +1,17 @@
 """
-A remote environment for tests: our rendezvous on a loopback port, with
-the reference executor (C{codex exec-server --remote}) registered and
-connected behind it, and a capture of every frame the rendezvous routes.
-A L{TamperingRouter} plays a misbehaving relay on request.
+A remote environment for tests: our rendezvous on a loopback port, with an
+executor registered and connected behind it, and a capture of every frame
+the rendezvous routes. A L{TamperingRouter} plays a misbehaving relay on
+request.
+
+The executor, in a child process, is one of (L{EXECUTORS}):
+
+  - C{reference}: C{codex exec-server --remote};
+  - C{ours}: C{twistd execserver-remote};
+  - C{reference-forward}: C{codex exec-server forward --connect} in front
+    of our local WebSocket server;
+  - C{ours-forward}: C{twistd execserver-remote --connect} in front of the
+    reference's local WebSocket server.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
+import sys
 import tempfile
 
 from cryptography import x509
@@ -28,12 +38,15 @@ from tests import support
 ENVIRONMENT_ID = "env-1"
 TOKEN = "remote-test-token"
 
+EXECUTORS = ("reference", "ours", "reference-forward", "ours-forward")
+
 
 class TamperingRouter(Router):
     """
     Records every frame it delivers (C{captured}: direction, frame, raw)
     and, when armed, flips one ciphertext bit of the next data frame going
-    one way (on one stream, if given). C{harness_peers} are the open harness sockets.
+    one way (on one stream, if given). C{harness_peers} are the open harness
+    sockets, C{executor_peer} the executor's latest.
     """
 
     def __init__(self, clock) -> None:
@@ -42,6 +55,11 @@ class TamperingRouter(Router):
         self._armed: tuple[str, str | None] | None = None
         self.tampered: list[str] = []
         self.harness_peers: list = []
+        self.executor_peer = None
+
+    def executor_connected(self, environment_id, peer) -> None:
+        self.executor_peer = peer
+        super().executor_connected(environment_id, peer)
 
     def harness_connected(self, environment_id, peer) -> bool:
         self.harness_peers.append(peer)
@@ -118,8 +136,11 @@ class RemoteEnvironment:
     """
 
     def __init__(self, testcase, store: IRendezvousStore | None = None,
-                 tls: bool = False) -> None:
+                 tls: bool = False, executor: str = "reference") -> None:
+        if executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {executor!r}")
         self.testcase = testcase
+        self.executor_kind = executor
         self.router = TamperingRouter(reactor)
         self.rendezvous = Rendezvous(reactor, BearerTokens({ENVIRONMENT_ID: TOKEN}),
                                      store=store, router=self.router)
@@ -142,20 +163,39 @@ class RemoteEnvironment:
         # PTYs and sandboxes need a CODEX_HOME outside /tmp.
         home = tempfile.mkdtemp(prefix="execserver-remote-", dir="/var/tmp")
         testcase.addCleanup(shutil.rmtree, home, True)
-        binary = support.reference_binary()
+        argv = await self._executor_argv()
         self.executor = _Executor(TOKEN)
         process = reactor.spawnProcess(
-            self.executor, binary,
-            [binary, "exec-server", "--remote", self.registry_url,
-             "--environment-id", ENVIRONMENT_ID, "--registration-bearer-stdin"],
+            self.executor, argv[0], argv,
             env=support.server_environment({"CODEX_HOME": home}), path=home)
+        self.executor_pid = process.pid
         testcase.addCleanup(lambda: defer.ensureDeferred(self._stop(process)))
         try:
             await support.with_timeout(self.router.when_executor(ENVIRONMENT_ID))
         except defer.TimeoutError:
-            raise RuntimeError("the reference executor did not connect:\n"
+            raise RuntimeError(f"the {self.executor_kind} executor did not connect:\n"
                                + self.executor.output.decode(errors="replace")) from None
         return self
+
+    async def _executor_argv(self) -> list[str]:
+        registration = ["--remote", self.registry_url, "--environment-id", ENVIRONMENT_ID,
+                        "--registration-bearer-stdin"]
+        kind = self.executor_kind
+        if kind.endswith("-forward"):
+            # The forwarder of one implementation in front of the other's server.
+            backend = await support.serve(self.testcase, "ours" if kind == "reference-forward"
+                                          else "reference")
+            registration += ["--connect", backend.url]
+        if kind.startswith("reference"):
+            binary = support.reference_binary()
+            command = ["forward"] if kind == "reference-forward" else []
+            return [binary, "exec-server", *command, *registration]
+        return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "execserver-remote", *registration]
+
+    def cut_executor_socket(self) -> None:
+        """Drop the executor's socket, as a failing network would."""
+        self.router.executor_peer.abort()
 
     async def _stop(self, process) -> None:
         if not self.executor.ended.called:

@@ -1,19 +1,25 @@
 """
-Our harness against the reference executor, through our rendezvous: the
-client library runs processes (pipes and a terminal), reads and writes
-files, and resumes its session after its socket is cut, over Noise
-streams whose frames never carry plaintext. A wrong token, a refused
-authorization, a refused upgrade and a tampering relay each have the
-outcome codex gives them.
+Our harness through our rendezvous to an executor: the reference's
+(C{codex exec-server --remote}) and ours (C{twistd execserver-remote}),
+each test class run against both. The client library runs processes
+(pipes and a terminal), reads and writes files, makes HTTP requests, runs
+50 streams at once on the one executor socket, and resumes its session
+after its own socket or the executor's is cut, over Noise streams whose
+frames never carry plaintext. A wrong token, a refused authorization, a
+refused upgrade and a tampering relay each have the outcome codex gives
+them. The forwarders (codex's C{exec-server forward --connect} in front of
+our local server, ours in front of the reference's) serve alike.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.trial import unittest
 
 from execserver.client import ConnectFailed, ExecServerClient
@@ -22,6 +28,7 @@ from execserver.remote.harness import RelayConnector
 from execserver.rendezvous.router import TO_EXECUTOR, TO_HARNESS
 from execserver.rendezvous.store import MemoryStore
 from tests import support
+from tests.httpserver import Origin, pattern
 from tests.remoteenv import ENVIRONMENT_ID, TOKEN, RemoteEnvironment
 from tests.test_client_interop import Waiter
 
@@ -32,12 +39,13 @@ CLIENT_NAME = "relay-plaintext-probe"
 class RemoteTestCase(unittest.TestCase):
     store = None
     tls = False
+    executor = "reference"
 
     def setUp(self):
         return ensureDeferred(self._set_up())
 
     async def _set_up(self) -> None:
-        self.remote = await RemoteEnvironment(self, self.store, self.tls).start()
+        self.remote = await RemoteEnvironment(self, self.store, self.tls, self.executor).start()
         self.workdir = support.scratch_directory(self, "execserver-remote-")
 
     def connector(self, token: str = TOKEN) -> RelayConnector:
@@ -125,6 +133,54 @@ class RemoteSessionTests(RemoteTestCase):
         self.remote.cut_harness_sockets()
         self.assertEqual(await support.with_timeout(handle.when_closed()), 0)
         self.assertEqual(waiter.output(), b"".join(b"%d\n" % n for n in range(1, 100001)))
+
+
+    async def test_http_requests_are_made_by_the_executor(self):
+        origin = await Origin().start()
+        self.addCleanup(lambda: ensureDeferred(origin.stop()))
+        client = await self.connect()
+        response = await support.with_timeout(client.http.request(
+            "POST", origin.url("/echo"), headers=[("x-probe", "1")], body=b"hi"))
+        seen = json.loads(response.body)
+        self.assertEqual((response.status, seen["method"], base64.b64decode(seen["body"])),
+                         (200, "POST", b"hi"))
+        size = 1024 * 1024
+        response = await support.with_timeout(client.http.request(
+            "GET", origin.url(f"/bytes?n={size}"), stream=True))
+        self.assertEqual(await support.with_timeout(response.stream.content()), pattern(size))
+
+    async def test_the_session_resumes_after_the_executor_socket_is_cut(self):
+        client = await self.connect()
+        session = client.session_id
+        waiter = Waiter()
+        handle = await client.start_process(
+            ["sh", "-c", "echo before; read line; echo after $line; seq 1 20000"],
+            env=ENV, pipe_stdin=True, receiver=waiter)
+        await waiter.contains(b"before\n")
+        registered = self.remote.router.executor_peer
+        self.remote.cut_executor_socket()
+        await handle.write(b"cut\n")
+        self.assertEqual(await support.with_timeout(handle.when_closed()), 0)
+        expected = b"before\nafter cut\n" + b"".join(b"%d\n" % n for n in range(1, 20001))
+        self.assertEqual(waiter.output(), expected)
+        self.assertEqual(client.session_id, session)
+        self.assertIsNot(self.remote.router.executor_peer, registered)
+
+    async def test_50_streams_on_the_executor_socket_do_not_cross(self):
+        # Connected ten at a time: an executor resets handshakes beyond 32
+        # awaiting the registry's validate.
+        clients = []
+        for _ in range(5):
+            clients += await gatherResults([ensureDeferred(self.connect()) for _ in range(10)])
+        handles = await gatherResults([ensureDeferred(client.start_process(
+            ["sh", "-c", f"for i in 1 2 3; do echo client-{n}-$i; done"], env=ENV))
+            for n, client in enumerate(clients)])
+        await support.with_timeout(gatherResults([handle.when_closed() for handle in handles]))
+        for n, handle in enumerate(handles):
+            self.assertEqual(handle.receiver.output(),
+                             b"".join(b"client-%d-%d\n" % (n, i) for i in (1, 2, 3)))
+        self.assertEqual(len({client.session_id for client in clients}), 50)
+        self.assertEqual(len(set(self.remote.router.streams(TO_EXECUTOR, FrameKind.HANDSHAKE))), 50)
 
 
 class MisbehaviourTests(RemoteTestCase):
@@ -233,3 +289,55 @@ class SecureRendezvousTests(RemoteTestCase):
         with self.assertRaises(ConnectFailed) as caught:
             await support.with_timeout(client.connect())
         self.assertIn("could not reach the environment registry", str(caught.exception))
+
+
+class OurRemoteSessionTests(RemoteSessionTests):
+    executor = "ours"
+
+
+class OurMisbehaviourTests(MisbehaviourTests):
+    executor = "ours"
+
+
+class OurRefusedAuthorizationTests(RefusedAuthorizationTests):
+    executor = "ours"
+
+
+class ForwarderTests(RemoteTestCase):
+    """codex's forwarder in front of our local server."""
+
+    executor = "reference-forward"
+
+    async def test_processes_run_with_pipes_and_under_a_terminal(self):
+        client = await self.connect()
+        handle = await client.start_process(["sh", "-c", "echo out; echo err >&2; exit 3"], env=ENV)
+        self.assertEqual(await support.with_timeout(handle.when_closed()), 3)
+        self.assertEqual((handle.receiver.output("stdout"), handle.receiver.output("stderr")),
+                         (b"out\n", b"err\n"))
+        handle = await client.start_process(["sh", "-c", "echo tty"], env=ENV, tty=True)
+        self.assertEqual(await support.with_timeout(handle.when_closed()), 0)
+        self.assertEqual(handle.receiver.output(), b"tty\r\n")
+
+    async def test_a_200_kib_file_is_read_and_written(self):
+        client = await self.connect()
+        data = os.urandom(200 * 1024)
+        await support.with_timeout(client.fs.write_file(self.path("f.bin"), data))
+        self.assertEqual(await support.with_timeout(client.fs.read_file(self.path("f.bin"))), data)
+
+    async def test_the_session_resumes_after_the_socket_is_cut(self):
+        client = await self.connect()
+        session = client.session_id
+        waiter = Waiter()
+        handle = await client.start_process(["sh", "-c", "echo before; read line; echo after $line"],
+                                            env=ENV, pipe_stdin=True, receiver=waiter)
+        await waiter.contains(b"before\n")
+        self.remote.cut_harness_sockets()
+        await handle.write(b"cut\n")
+        self.assertEqual(await support.with_timeout(handle.when_closed()), 0)
+        self.assertEqual((waiter.output(), client.session_id), (b"before\nafter cut\n", session))
+
+
+class OurForwarderTests(ForwarderTests):
+    """Our forwarder in front of the reference's local server."""
+
+    executor = "ours-forward"
