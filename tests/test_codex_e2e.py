@@ -1,7 +1,8 @@
 """
 End to end: the real codex CLI runs its tools through the reference
-exec-server and through ours, over WebSocket and over stdio, with a scripted
-model; what codex reports to the model must be the same, up to what is
+exec-server and through ours, over WebSocket, over stdio and through a
+rendezvous (codex a Noise harness, the server a remote executor), with a
+scripted model; what codex reports to the model must be the same, up to what is
 random by nature and the documented differences (docs/compatibility.md).
 
 See tests/codex/ for the harness and docs/codex-e2e.md for what codex does.
@@ -126,3 +127,14 @@ class SandboxTests(CodexTestCase):
     async def test_read_only(self):
         await self.compare(scenarios.read_only(self.origin.port_number), targets.WEBSOCKET,
                            codex_config={"sandbox_mode": "read-only"}, variant="read-only")
+
+
+class RelayTests(CodexTestCase):
+    """
+    Codex is a Noise harness: the server is a remote executor behind our
+    rendezvous.
+    """
+
+    test_commands = compared(scenarios.COMMANDS, targets.RELAY)
+    test_terminal = compared(scenarios.TERMINAL, targets.RELAY)
+    test_files = compared(scenarios.FILES, targets.RELAY)

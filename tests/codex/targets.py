@@ -8,25 +8,32 @@ signals the server starts with ignored). A new configuration of the suite
 is a new target: a new option value, or a new L{Connection} class whose
 C{attach} starts what it needs and tells codex where to go.
 
-Codex learns about an exec-server in two ways:
+Codex learns about an exec-server in three ways:
 
   - C{CODEX_EXEC_SERVER_URL=ws://...} in its environment (L{WebSocketURL});
   - C{$CODEX_HOME/environments.toml}, whose C{[[environments]]} tables have
     an C{id} and either C{program}/C{args}/C{env} (codex spawns the server and
     speaks to it over stdio, L{StdioProgram}) or C{url} with an optional
     C{auth_bearer_token} (L{WebSocketEnvironment}); top-level C{default} names the one to use and
-    C{include_local = false} keeps codex from running tools itself.
+    C{include_local = false} keeps codex from running tools itself;
+  - C{CODEX_EXEC_SERVER_NOISE_REGISTRY_URL}, C{..._ENVIRONMENT_ID} and
+    C{..._AUTH_TOKEN}: codex is a Noise harness of a remote environment, and
+    reaches the server (C{--remote}) through its registry and rendezvous
+    (L{Relay}: our rendezvous).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 import jwt
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred
 
 from tests import support
 
@@ -44,6 +51,16 @@ class Server:
 
     def argv(self, listen: str, args: tuple[str, ...] = ()) -> list[str]:
         return support.server_argv(self.kind, listen, args)
+
+    def remote_argv(self, registry_url: str, environment_id: str,
+                    args: tuple[str, ...] = ()) -> list[str]:
+        """The server as a remote executor, its bearer read from stdin."""
+        remote = ["--remote", registry_url, "--environment-id", environment_id,
+                  "--registration-bearer-stdin", *args]
+        if self.kind == "reference":
+            return [support.reference_binary(), "exec-server", *remote]
+        return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "execserver-remote", *remote]
 
 
 REFERENCE = Server("reference")
@@ -190,11 +207,73 @@ class AuthenticatedWebSocketEnvironment:
         return Attachment(environments=[environment], close=server.stop)
 
 
+class Relay:
+    """
+    Our rendezvous on a loopback port, the server registered behind it as a
+    remote executor (C{codex exec-server --remote}, C{twistd
+    execserver-remote}), and codex a Noise harness of that environment.
+    """
+
+    name = "relay"
+    token = "e2e-relay-token"
+
+    async def attach(self, target: "Target", directories: RunDirectories) -> Attachment:
+        from twisted.internet import reactor
+
+        from execserver.rendezvous.site import Rendezvous, site
+        from execserver.rendezvous.store import BearerTokens
+
+        rendezvous = Rendezvous(reactor, BearerTokens({ENVIRONMENT_ID: self.token}))
+        port = reactor.listenTCP(0, site(rendezvous), interface="127.0.0.1")
+        registry_url = f"http://127.0.0.1:{port.getHost().port}"
+        executor = _RemoteExecutor(self.token)
+        argv = target.server.remote_argv(
+            registry_url, ENVIRONMENT_ID, target.server_args)
+        process = reactor.spawnProcess(
+            executor, argv[0], argv,
+            env=support.server_environment({"HOME": directories.user_home,
+                                            "CODEX_HOME": directories.server_home}),
+            path=directories.workdir)
+
+        async def close() -> None:
+            if not executor.ended.called:
+                process.signalProcess("TERM")
+            await support.with_timeout(executor.ended)
+            await port.stopListening()
+
+        try:
+            await support.with_timeout(rendezvous.router.when_executor(ENVIRONMENT_ID))
+        except BaseException:
+            await close()
+            raise
+        return Attachment(env={
+            "CODEX_EXEC_SERVER_NOISE_REGISTRY_URL": registry_url,
+            "CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID": ENVIRONMENT_ID,
+            "CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN": self.token,
+        }, close=close)
+
+
+class _RemoteExecutor(protocol.ProcessProtocol):
+    """Hands the executor its registration bearer on stdin."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.ended: Deferred = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.token.encode() + b"\n")
+        self.transport.closeStdin()
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(None)
+
+
 WEBSOCKET = WebSocketURL()
 STDIO = StdioProgram()
 WEBSOCKET_ENVIRONMENT = WebSocketEnvironment()
 CAPABILITY_TOKEN_ENVIRONMENT = AuthenticatedWebSocketEnvironment("capability-token")
 SIGNED_BEARER_TOKEN_ENVIRONMENT = AuthenticatedWebSocketEnvironment("signed-bearer-token")
+RELAY = Relay()
 
 
 @dataclass(frozen=True)
