@@ -3,11 +3,13 @@ The executor's link to its rendezvous (L{ExecutorLink}), against our
 rendezvous on a loopback port, with the link's timers on a L{task.Clock}:
 it registers once, dials, serves, dials the same URL again after a drop
 with codex's backoff, registers again (same key) when the URL is refused
-with 401, and gives up only when the first registration fails.
+with a 4xx status (not 5xx), and gives up only when the first registration
+fails.
 """
 
 from __future__ import annotations
 
+from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, DeferredQueue, fail
 from twisted.trial import unittest
@@ -35,12 +37,16 @@ class BackoffTests(unittest.SynchronousTestCase):
 
 
 class _Store(MemoryStore):
-    """Counts registrations; refuses executor tickets or registrations on request."""
+    """
+    Counts registrations; refuses executor tickets (with C{refuse_status})
+    or registrations on request.
+    """
 
     def __init__(self, clock) -> None:
         super().__init__(clock)
         self.registrations = 0
         self.refuse_tickets = 0
+        self.refuse_status = 401
         self.fail_registrations = 0
         self._waiting: list[tuple[int, Deferred]] = []
 
@@ -58,6 +64,8 @@ class _Store(MemoryStore):
     def executor_ticket(self, environment_id, ticket):
         if self.refuse_tickets:
             self.refuse_tickets -= 1
+            if self.refuse_status != 401:
+                return fail(ConnectionDeny(self.refuse_status, "Refused"))
             ticket = "refused"
         return super().executor_ticket(environment_id, ticket)
 
@@ -160,6 +168,20 @@ class LinkTests(unittest.TestCase):
         await self.reconnected(link)
         self.assertEqual(self.store.registrations, 2)
         self.assertEqual(await self.run_echo(), b"served\n")
+
+    async def test_other_4xx_refusals_register_again_but_5xx_ones_keep_the_url(self):
+        link = self.link()
+        relay = await self.connected(link)
+        for status, registrations in ((403, 2), (429, 3), (503, 3), (500, 3)):
+            self.store.refuse_tickets = 1
+            self.store.refuse_status = status
+            await self.drop(relay)
+            await support.with_timeout(self.retries.get())
+            self.clock.advance(0.5)
+            await support.with_timeout(self.retries.get())
+            self.assertEqual(self.store.registrations, registrations, status)
+            self.clock.advance(1.0)
+            relay = await self.reconnected(link)
 
     async def test_a_later_registration_that_fails_is_tried_again(self):
         link = self.link()

@@ -7,8 +7,10 @@ it:
  2. dial the URL and serve (L{ExecutorRelay}) until the socket ends;
  3. dial the same URL again after 1 s, doubling to 30 s while it fails,
     each wait multiplied by a random factor in [0.5, 1);
- 4. when the rendezvous refuses the URL with HTTP 401, register again
-    (same keys) at once, and dial the new URL after the wait.
+ 4. when the rendezvous refuses the URL with an HTTP 4xx status (codex
+    0.169.0 does so for 400, 401, 403, 404 and 429 alike; 5xx statuses
+    keep the URL), register again (same keys) at once, and dial the new
+    URL after the wait.
 
 Twisted's L{ClientService} runs steps 2 and 3 through
 L{RendezvousEndpoint}, an endpoint whose "connection" is a relay socket and
@@ -186,9 +188,10 @@ class RendezvousEndpoint:
             log.info("could not open the rendezvous socket: {error}", error=str(e),
                      noise_event="rendezvous_connection", noise_outcome="error",
                      noise_side="executor")
-            if e.status == 401:
-                # The URL's ticket is no longer valid: a new registration
-                # gives a new one (the same keys stay registered).
+            if e.status is not None and 400 <= e.status < 500:
+                # The URL is refused (its ticket expired, say): a new
+                # registration gives a new one (the same keys stay
+                # registered).
                 try:
                     await self.register()
                 except RegistryError as registering:
