@@ -43,13 +43,15 @@ class EncoderTests(unittest.SynchronousTestCase):
         self.assertEqual([len(p) for p in opened], [61440, 61440, 4 + 131072 - 2 * 61440])
         self.assertEqual(b"".join(opened), len(message).to_bytes(4, "big") + message)
 
-    def test_every_message_starts_on_a_fresh_record(self):
-        encoder, _ = channel()
-        encoder.write(b"a" * 61437)
-        encoder.write(b"b")
-        opened = plaintexts(encoder.drain())
-        self.assertEqual([len(p) for p in opened], [61440, 1, 5])
-        self.assertEqual(opened[2], b"\x00\x00\x00\x01b")
+    def test_queued_messages_share_records(self):
+        encoder, decoder = channel()
+        encoder.write(b"a" * 61430)
+        encoder.write(b"b" * 10)
+        encoder.write(b"c")
+        records = encoder.drain()
+        self.assertEqual([len(p) for p in plaintexts(records)], [61440, 61453 - 61440])
+        messages = [m for _, ct in records for m in decoder.receive(ct)]
+        self.assertEqual(messages, [b"a" * 61430, b"b" * 10, b"c"])
 
     def test_parts_are_framed_as_one_message(self):
         encoder, decoder = channel()
@@ -66,7 +68,7 @@ class EncoderTests(unittest.SynchronousTestCase):
         self.assertEqual(encoder.pending_bytes, 100004 + 5)
         self.assertEqual(encoder.pull()[0], 0)
         self.assertEqual(encoder.pending_bytes, 100004 + 5 - 61440)
-        self.assertEqual(len(encoder.drain()), 2)
+        self.assertEqual(len(encoder.drain()), 1)
         self.assertEqual(encoder.pending_bytes, 0)
         self.assertIsNone(encoder.pull())
 

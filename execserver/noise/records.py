@@ -5,8 +5,12 @@ Each direction is one plaintext byte stream of framed messages, a u32
 big-endian length L (1 <= L <= 64 MiB) then L bytes of JSON. The stream is
 cut into records of at most 61 440 plaintext bytes, each sealed by the
 transport cipher and sent as one relay C{data} frame whose C{seq} is the
-record's nonce. Like codex, L{RecordEncoder} starts every message on a
-fresh record; L{RecordDecoder} accepts any cut.
+record's nonce. Unlike codex, which starts every message on a fresh
+record, L{RecordEncoder} fills each record with whatever is queued, so that
+messages written together (a reply and the notifications after it, output
+that piled up while the socket was full) cost one record, one frame and
+one AEAD operation; receivers, codex's included, accept any cut, and so
+does L{RecordDecoder}.
 
 Both classes only transform bytes: the relay stream that carries the
 records decides when to pull and where to send them.
@@ -35,10 +39,10 @@ class _Outgoing:
         self.parts = parts
         self.remaining = size
 
-    def next_plaintext(self) -> bytes | memoryview:
-        wanted = min(RECORD_PLAINTEXT_LEN, self.remaining)
+    def take(self, room: int, pieces: list[memoryview]) -> int:
+        """Append up to C{room} bytes of the message to C{pieces}; how many."""
+        wanted = taken = min(room, self.remaining)
         self.remaining -= wanted
-        pieces = []
         while wanted:
             part = self.parts[0]
             if len(part) <= wanted:
@@ -48,7 +52,7 @@ class _Outgoing:
                 part = part[:wanted]
             pieces.append(part)
             wanted -= len(part)
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return taken
 
 
 class RecordEncoder:
@@ -90,11 +94,16 @@ class RecordEncoder:
         seq = self._cipher.nonce
         if seq >= MAX_RECORDS:
             raise RecordError("record sequence numbers exhausted")
-        message = self._queue[0]
-        plaintext = message.next_plaintext()
-        if not message.remaining:
-            self._queue.popleft()
-        self.pending_bytes -= len(plaintext)
+        pieces: list[memoryview] = []
+        room = RECORD_PLAINTEXT_LEN
+        queue = self._queue
+        while room and queue:
+            message = queue[0]
+            room -= message.take(room, pieces)
+            if not message.remaining:
+                queue.popleft()
+        self.pending_bytes -= RECORD_PLAINTEXT_LEN - room
+        plaintext = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         return seq, self._cipher.encrypt(plaintext)
 
     def drain(self) -> list[tuple[int, bytes]]:
