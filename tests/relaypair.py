@@ -76,4 +76,5 @@ class RelayPair:
             self.client, iosim.makeFakeClient(self.client), clock=self.clock)
 
     def flush(self) -> None:
-        self.pump.flush(advanceClock=False)
+        """Move every byte, running what the sockets left for the end of the turn."""
+        self.pump.flush(advanceClock=True)

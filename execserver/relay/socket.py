@@ -18,7 +18,10 @@ Flow control, both ways:
   - Sending: streams do not write; they say they have frames
     (L{RelaySocket.wantsToSend}) and the socket pulls one frame per stream
     in turn while its TCP buffer has room. So no stream starves the
-    others, and a record is sealed only when it can go out.
+    others, and a record is sealed only when it can go out. The pulling
+    waits for the end of the reactor's turn (Twisted writes to TCP on the
+    next turn anyway), so that what a stream is given in one turn (a reply
+    and the notifications after it) goes out in as few records as fit.
   - Receiving: L{RelaySocket.pauseReading} stops reading the socket, for as
     long as any reason given is in force (a rendezvous pauses an executor's
     socket for each harness that cannot keep up).
@@ -41,7 +44,7 @@ from autobahn.twisted.websocket import (
 )
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, TimeoutError
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -142,13 +145,17 @@ class RelaySocket:
     """
 
     owner = None
+    #: The watchdog's timers.
     clock: IReactorTime
+    #: Whose turns the pump follows: the reactor (the clock, in memory).
+    turns: IReactorTime
 
     def _relay_init(self) -> None:
         self.sending_paused = False
         self._streams: dict[str, IRelayStream] = {}
         self._ready: OrderedDict[IRelayStream, None] = OrderedDict()
         self._pumping = False
+        self._pump_call: IDelayedCall | None = None
         self._read_pauses: set[Hashable] = set()
         self._end_reason: str | None = None
         self._opened = False
@@ -171,8 +178,16 @@ class RelaySocket:
         return self._streams
 
     def wantsToSend(self, stream: IRelayStream) -> None:
-        """C{stream} has frames: pull them while the socket has room."""
+        """
+        C{stream} has frames: pull them, at the end of this turn, while the
+        socket has room.
+        """
         self._ready[stream] = None
+        if self._pump_call is None:
+            self._pump_call = self.turns.callLater(0, self._turn_ended)
+
+    def _turn_ended(self) -> None:
+        self._pump_call = None
         self._pump()
 
     def _pump(self) -> None:
@@ -298,6 +313,9 @@ class RelaySocket:
 
     def _relay_closed(self, code: int | None) -> Failure:
         self._watchdog.stop()
+        if self._pump_call is not None:
+            self._pump_call.cancel()
+            self._pump_call = None
         self._opened = False
         self._ready.clear()
         reason = Failure(RelaySocketLost(self._end_reason or PEER_CLOSE, code))
@@ -324,11 +342,12 @@ class RelayServerProtocol(RelaySocket, WebSocketServerProtocol):
     """
     The accepting side, for a rendezvous: a subclass sets L{owner} in
     C{onConnect} (or refuses the upgrade there). Its factory provides
-    C{clock}.
+    C{clock} (and C{turns}).
     """
 
     def connectionMade(self) -> None:
         self.clock = self.factory.clock
+        self.turns = self.factory.turns
         self._relay_init()
         super().connectionMade()
 
@@ -342,12 +361,15 @@ class RelayServerProtocol(RelaySocket, WebSocketServerProtocol):
         self.owner.socketLost(lost)
 
 
-def configure_server_factory(factory, clock: IReactorTime) -> None:
+def configure_server_factory(factory, clock: IReactorTime,
+                             turns: IReactorTime | None = None) -> None:
     """
     Give an autobahn server factory of L{RelayServerProtocol}s the relay
-    socket limits and the clock of its watchdogs.
+    socket limits, the clock of its watchdogs and the reactor whose turns
+    its pumps follow (the clock by default).
     """
     factory.clock = clock
+    factory.turns = turns or clock
     _relay_options(factory)
     factory.setProtocolOptions(utf8validateIncoming=False, trustXForwardedFor=0)
 
@@ -375,6 +397,7 @@ class _RelayClientProtocol(RelaySocket, WebSocketClientProtocol):
     def connectionMade(self) -> None:
         factory = self.factory
         self.clock = factory.clock
+        self.turns = factory.turns
         self.owner = factory.owner
         self._relay_init()
         if factory.receive_buffer is not None:
@@ -420,10 +443,12 @@ class RelayClientFactory(WebSocketClientFactory):
     protocol = _RelayClientProtocol
 
     def __init__(self, url: str, owner: IRelaySocketOwner, clock: IReactorTime,
-                 headers: dict[str, str] | None = None, receive_buffer: int | None = None) -> None:
+                 headers: dict[str, str] | None = None, receive_buffer: int | None = None,
+                 turns: IReactorTime | None = None) -> None:
         super().__init__(url, headers=headers or {})
         self.owner = owner
         self.clock = clock
+        self.turns = turns or clock
         self.receive_buffer = receive_buffer
         self.result: Deferred = Deferred(self._cancel)
         self.connecting: Deferred | None = None
@@ -476,7 +501,8 @@ def connect(reactor, url: str, owner: IRelaySocketOwner, clock: IReactorTime | N
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"a relay URL is ws:// or wss://, got {public_url(url)!r}")
-    factory = RelayClientFactory(url, owner, clock, dict(headers or {}), receive_buffer)
+    factory = RelayClientFactory(url, owner, clock, dict(headers or {}), receive_buffer,
+                                 turns=reactor)
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     endpoint = endpoints.HostnameEndpoint(reactor, parts.hostname, port, timeout=timeout)
     if parts.scheme == "wss":
