@@ -9,7 +9,7 @@ same client over a local WebSocket to the reference, in one run.
   executor and, through the relay, of the rendezvous; the medians of
   several transfers, alternating between the two paths
 
-The rendezvous runs in its own process (bench/rendezvous.py).
+The rendezvous runs in its own process (twistd execserver-rendezvous).
 
     python bench/bench_relay.py [--rounds N] [--mib N] [--transfers N]
 """
@@ -17,65 +17,26 @@ The rendezvous runs in its own process (bench/rendezvous.py).
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from twisted.internet import reactor  # noqa: E402
-from twisted.internet.task import deferLater  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
-from bench import common  # noqa: E402
-from execserver.client import ConnectFailed, ExecServerClient, WebSocketConnector  # noqa: E402
+from bench import common, remote  # noqa: E402
+from execserver.client import ExecServerClient, WebSocketConnector  # noqa: E402
 from execserver.client.process import IProcessReceiver  # noqa: E402
-from execserver.remote.harness import RelayConnector  # noqa: E402
 
 ENVIRONMENT_ID = "bench"
-TOKEN = "bench-relay-token"
 ENV = {"PATH": "/usr/bin:/bin"}
-
-
-def cpu_seconds(pid: int) -> float:
-    total = 0
-    for thread in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{thread}/schedstat") as f:
-            total += int(f.read().split()[0])
-    return total / 1e9
 
 
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-class Remote:
-    """The rendezvous, and the reference executor registered behind it."""
-
-    def __init__(self) -> None:
-        env = dict(os.environ, BENCH_RENDEZVOUS_TOKEN=TOKEN, PYTHONPATH=str(common.ROOT))
-        self.rendezvous = subprocess.Popen(
-            [sys.executable, "-m", "bench.rendezvous", ENVIRONMENT_ID],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        self.registry_url = self.rendezvous.stdout.readline().decode().strip()
-        home = tempfile.mkdtemp(prefix="execserver-bench-remote-", dir="/var/tmp")
-        self.executor = subprocess.Popen(
-            [common.reference_binary(), "exec-server", "--remote", self.registry_url,
-             "--environment-id", ENVIRONMENT_ID, "--registration-bearer-stdin"],
-            env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
-                 "CODEX_HOME": home},
-            cwd=home, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.executor.stdin.write(TOKEN.encode() + b"\n")
-        self.executor.stdin.close()
-
-    def stop(self) -> None:
-        for process in (self.executor, self.rendezvous):
-            process.terminate()
-            process.wait(10)
 
 
 @implementer(IProcessReceiver)
@@ -99,17 +60,10 @@ class Counter:
         pass
 
 
-async def connected(connector, attempts: int = 1) -> ExecServerClient:
-    """A connected client; retried while the executor is still registering."""
-    for attempt in range(attempts):
-        client = ExecServerClient(connector, reactor)
-        try:
-            await client.connect()
-            return client
-        except ConnectFailed:
-            if attempt == attempts - 1:
-                raise
-            await deferLater(reactor, 0.2, lambda: None)
+async def connected(connector) -> ExecServerClient:
+    client = ExecServerClient(connector, reactor)
+    await client.connect()
+    return client
 
 
 async def round_trips(client: ExecServerClient, rounds: int) -> dict:
@@ -129,7 +83,7 @@ async def transfer(client: ExecServerClient, mib: int, pids: dict[str, int]) -> 
     """One transfer: MiB/s, and CPU ms per MiB of this process and of C{pids}."""
     total = mib * 1024 * 1024
     counter = Counter()
-    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_before = {name: remote.cpu_seconds(pid) for name, pid in pids.items()}
     own_before = own_cpu_seconds()
     started = common.now()
     handle = await client.start_process(["head", "-c", str(total), "/dev/zero"], env=ENV,
@@ -141,7 +95,7 @@ async def transfer(client: ExecServerClient, mib: int, pids: dict[str, int]) -> 
         raise RuntimeError(f"received {counter.received} of {total} bytes")
     result = {"rate": mib / elapsed, "harness_cpu": own / mib * 1000}
     for name, pid in pids.items():
-        result[f"{name}_cpu"] = (cpu_seconds(pid) - cpu_before[name]) / mib * 1000
+        result[f"{name}_cpu"] = (remote.cpu_seconds(pid) - cpu_before[name]) / mib * 1000
     return result
 
 
@@ -151,14 +105,14 @@ def medians(results: list[dict]) -> dict:
 
 async def main(args) -> str:
     local = common.Server("reference")
-    remote = Remote()
+    relay = remote.Relay([ENVIRONMENT_ID])
+    executor = relay.add_executor("reference", ENVIRONMENT_ID)
     try:
         modes = {
             "ws": (await connected(WebSocketConnector(reactor, local.url)),
                    {"executor": local.popen.pid}),
-            "relay": (await connected(RelayConnector(reactor, remote.registry_url,
-                                                     ENVIRONMENT_ID, TOKEN), attempts=50),
-                      {"executor": remote.executor.pid, "rendezvous": remote.rendezvous.pid}),
+            "relay": (await relay.client(ENVIRONMENT_ID),
+                      {"executor": executor.pid, "rendezvous": relay.rendezvous.pid}),
         }
         results = {mode: await round_trips(client, args.rounds)
                    for mode, (client, _) in modes.items()}
@@ -171,7 +125,7 @@ async def main(args) -> str:
             client.close()
     finally:
         local.stop()
-        remote.stop()
+        relay.stop()
     ws, relay = results["ws"], results["relay"]
     rows = [
         common.Row("start→closed round trip p50", "ms", ws["p50"], relay["p50"], "reported", "lower"),

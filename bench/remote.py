@@ -1,0 +1,93 @@
+"""
+Remote mode for the benchmarks: our rendezvous (C{twistd
+execserver-rendezvous}) in its own process, so that its CPU time is
+neither the harness's nor an executor's, and executors registered behind
+it, each under its own environment id.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from bench import common
+from execserver.client import ConnectFailed, ExecServerClient
+from execserver.remote.harness import RelayConnector
+
+TOKEN = "bench-remote-token"
+
+_TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+           "-n", "--pidfile=", "--logfile=/dev/null"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of all the threads of C{pid} (not its children)."""
+    total = 0
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{thread}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total / 1e9
+
+
+def _environment(home: str) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+            "LANG": "C.UTF-8", "PYTHONPATH": str(common.ROOT), "CODEX_HOME": home}
+
+
+class Relay:
+    """The rendezvous, and the executors registered behind it by environment id."""
+
+    def __init__(self, environment_ids: list[str]) -> None:
+        # Not under /tmp, where the reference cannot make its helper aliases.
+        self.home = tempfile.mkdtemp(prefix="execserver-bench-remote-", dir="/var/tmp")
+        tokens = os.path.join(self.home, "tokens")
+        with open(tokens, "w") as f:
+            f.writelines(f"{environment_id} {TOKEN}\n" for environment_id in environment_ids)
+        self.rendezvous = subprocess.Popen(
+            [*_TWISTD, "execserver-rendezvous", "--tokens", tokens,
+             "--listen", "tcp:0:interface=127.0.0.1"],
+            env=_environment(self.home), cwd=self.home, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL)
+        self.registry_url = self.rendezvous.stdout.readline().decode().strip()
+        if not self.registry_url.startswith("http://"):
+            raise RuntimeError("the rendezvous did not start")
+        self.executors: dict[str, subprocess.Popen] = {}
+
+    def add_executor(self, kind: str, environment_id: str) -> subprocess.Popen:
+        """Start C{kind} ("reference" or "ours") as the executor of C{environment_id}."""
+        remote = ["--remote", self.registry_url, "--environment-id", environment_id,
+                  "--registration-bearer-stdin"]
+        if kind == "reference":
+            argv = [common.reference_binary(), "exec-server", *remote]
+        else:
+            argv = [*_TWISTD, "execserver-remote", *remote]
+        executor = subprocess.Popen(argv, env=_environment(self.home), cwd=self.home,
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        executor.stdin.write(TOKEN.encode() + b"\n")
+        executor.stdin.close()
+        self.executors[environment_id] = executor
+        return executor
+
+    async def client(self, environment_id: str, attempts: int = 50) -> ExecServerClient:
+        """A connected client; retried while the executor is still registering."""
+        connector = RelayConnector(reactor, self.registry_url, environment_id, TOKEN)
+        for attempt in range(attempts):
+            client = ExecServerClient(connector, reactor)
+            try:
+                await client.connect()
+                return client
+            except ConnectFailed:
+                if attempt == attempts - 1:
+                    raise
+                await deferLater(reactor, 0.2, lambda: None)
+
+    def stop(self) -> None:
+        for process in (*self.executors.values(), self.rendezvous):
+            process.terminate()
+            process.wait(10)
