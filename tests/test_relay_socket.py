@@ -98,6 +98,19 @@ class DispatchTests(unittest.TestCase):
         self.assertEqual([f.kind for f, _ in self.pair.server_owner.frames], [frames.FrameKind.RESUME])
         self.assertEqual(self.pair.server_owner.lost, [])
 
+    def test_frames_of_every_length_encoding_cross_both_ways_unchanged(self):
+        # 7-, 16- and 64-bit lengths; the client masks (or the server would
+        # refuse the frame), the server does not (or the client would).
+        sizes = (0, 125 - 60, 126, 65535 - 60, 65536, 200 * 1024)
+        sent = [frames.encode_data("s", n, b"x" * max(size, 1)) for n, size in enumerate(sizes)]
+        for raw in sent:
+            self.pair.client.writeFrame(raw)
+            self.pair.server.writeFrame(raw)
+        self.pair.flush()
+        for owner in (self.pair.server_owner, self.pair.client_owner):
+            self.assertEqual([raw for _, raw in owner.frames], sent)
+            self.assertEqual(owner.lost, [])
+
     def test_a_message_of_256_kib_passes(self):
         overhead = len(frames.encode_data("s", 1, b"x" * 300000)) - 300000
         self.pair.client.writeFrame(
