@@ -20,16 +20,14 @@ from __future__ import annotations
 import sys
 
 from twisted.application import service
-from twisted.internet import endpoints
-from twisted.logger import Logger
 from twisted.python import usage
 
 import execserver
+from execserver.listening import url_of
+from execserver.operations import PortService
 from execserver.rendezvous.site import Rendezvous, site
 from execserver.rendezvous.store import BearerTokens
 from execserver.service import StartupError, listen_now
-
-log = Logger()
 
 #: Endpoint types served over TLS.
 _TLS_ENDPOINTS = ("ssl", "tls")
@@ -86,33 +84,6 @@ class Options(usage.Options):
             raise usage.UsageError("--websocket-url must start with ws:// or wss://")
 
 
-class _Announce(service.Service):
-    """Prints the URL the rendezvous listens on once the reactor runs."""
-
-    def __init__(self, reactor, url: str, out=None) -> None:
-        self.reactor = reactor
-        self.url = url
-        self.out = out if out is not None else sys.stdout
-
-    def startService(self) -> None:
-        super().startService()
-        log.info("rendezvous listening on {url}", url=self.url)
-        self.reactor.callWhenRunning(self._print)
-
-    def _print(self) -> None:
-        self.out.write(self.url + "\n")
-        self.out.flush()
-
-
-class _Listening(service.Service):
-    def __init__(self, port) -> None:
-        self.port = port
-
-    def stopService(self):
-        super().stopService()
-        return self.port.stopListening()
-
-
 def makeService(config: Options, reactor=None) -> service.MultiService:
     try:
         return _build(config, reactor)
@@ -127,15 +98,9 @@ def _build(config: Options, reactor) -> service.MultiService:
     rendezvous = Rendezvous(reactor, read_tokens(config["tokens"]),
                             websocket_base=config["websocket-url"])
     description = config["listen"]
-    try:
-        endpoint = endpoints.serverFromString(reactor, description)
-    except (ValueError, KeyError, TypeError) as e:
-        raise StartupError(f"invalid --listen {description!r}: {e}") from None
-    port = listen_now(endpoint, site(rendezvous), description)
-    address = port.getHost()
+    port = listen_now(reactor, description, site(rendezvous), description)
     scheme = "https" if description.split(":", 1)[0] in _TLS_ENDPOINTS else "http"
-    host = f"[{address.host}]" if ":" in address.host else address.host
     top = service.MultiService()
-    _Listening(port).setServiceParent(top)
-    _Announce(reactor, f"{scheme}://{host}:{address.port}").setServiceParent(top)
+    PortService(reactor, port, url_of(port.getHost(), scheme), "rendezvous",
+                out=sys.stdout).setServiceParent(top)
     return top
