@@ -34,6 +34,7 @@ from zope.interface import implementer
 import execserver
 from execserver.noise.errors import NoiseUnavailable
 from execserver.noise.keys import NoiseIdentity, require_mlkem
+from execserver.operations import StopInOrder
 from execserver.remote.forwarder import WebSocketBridge
 from execserver.remote.link import ExecutorLink, RendezvousEndpoint
 from execserver.remote.registry import RegistryClient
@@ -224,7 +225,9 @@ def _build(config: Options, reactor) -> service.MultiService:
     except NoiseUnavailable as e:
         raise StartupError(str(e)) from None
     token = read_bearer(config)
-    top = service.MultiService()
+    # Stopped one after the other, the last added first: the socket closes
+    # (harnesses learn the executor is gone) before the processes are killed.
+    top = StopInOrder()
     stopper = OrderlyStop(reactor)
     stopper.setServiceParent(top)
     if config["connect"] is not None:
