@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from twisted.internet import defer, reactor  # noqa: E402
+from twisted.internet import defer  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
 from bench import common, remote  # noqa: E402
