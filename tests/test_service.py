@@ -181,8 +181,23 @@ class IgnoredInterruptTests(unittest.TestCase):
         """
         for kind in ("reference", "ours"):
             server = await support.start_server(kind, ignored_signals=(signal.SIGINT,))
+            # The reference may announce its URL before it handles SIGINT
+            # (a signal sent in between is still ignored): one exchange
+            # with it first.
+            queue = await support.connect(server.url)
+            queue.send({"id": 1, "method": "initialize", "params": {"clientName": "t"}})
+            await queue.response(1)
+            self.assertTrue(_catches(server.pid, signal.SIGINT), kind)
             server.process.signalProcess("INT")
             await support.with_timeout(server.proto.ended)
+
+
+def _catches(pid: int, signum: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    return False
 
 
 class KilledServerTests(unittest.TestCase):
