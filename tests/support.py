@@ -210,6 +210,26 @@ async def serve(testcase, kind: str, args: Sequence[str] = ()) -> RunningServer:
     return server
 
 
+def complete_http_message(data: bytes, bodiless: bool = False) -> tuple[bytes, bytes] | None:
+    """
+    The head and body of the HTTP message at the start of C{data}, once it
+    has all arrived (as much body as its content-length announces; none
+    when C{bodiless}, as for the answer to a HEAD request); None before.
+    """
+    head, found, body = data.partition(b"\r\n\r\n")
+    if not found:
+        return None
+    length = 0
+    if not bodiless:
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+    if len(body) < length:
+        return None
+    return head, body[:length]
+
+
 def scratch_directory(testcase, prefix: str) -> str:
     """
     A directory for C{testcase}, removed when the test ends.

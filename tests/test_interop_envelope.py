@@ -130,18 +130,9 @@ class _RawHttp(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
-        head, found, body = self.data.partition(b"\r\n\r\n")
-        if not found:
-            return
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        if self.request.startswith(b"HEAD"):
-            length = 0
-        if len(body) >= length and not self.done.called:
-            self.done.callback((head, body[:length]))
+        message = support.complete_http_message(self.data, self.request.startswith(b"HEAD"))
+        if message is not None and not self.done.called:
+            self.done.callback(message)
             self.transport.loseConnection()
 
     def connectionLost(self, reason) -> None:

@@ -53,15 +53,7 @@ class _Recorder(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
-        head, separator, body = self.buffer.partition(b"\r\n\r\n")
-        if not separator:
-            return
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        if len(body) < length:
+        if support.complete_http_message(self.buffer) is None:
             return
         self.factory.requests.append(self.buffer)
         self.factory.request_seen.callback(None)
