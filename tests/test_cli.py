@@ -122,22 +122,28 @@ class CliTestCase(unittest.TestCase):
             env["EXECSERVER_URL"] = self.server.url
         return env
 
-    def spawn(self, args, stdin: bytes | None = b"", env=None, pty=None, **kwargs) -> _Cli:
-        cli = _Cli(stdin if pty is None else None, **kwargs)
+    def spawn(self, args, stdin: bytes | int | None = b"", env=None, pty=None, **kwargs) -> _Cli:
+        """
+        @param stdin: bytes written to a pipe, a descriptor to give, or
+            C{None} for C{/dev/null}.
+        """
+        cli = _Cli(stdin if pty is None and not isinstance(stdin, int) else None, **kwargs)
         argv = [sys.executable, "-m", "execserver.client.cli", *args]
         environment = env if env is not None else self.environment()
         if pty is not None:
             reactor.spawnProcess(cli, argv[0], argv, env=environment, usePTY=pty)
-        elif stdin is None:
-            null = os.open(os.devnull, os.O_RDONLY)
-            self.addCleanup(os.close, null)
+        elif stdin is None or isinstance(stdin, int):
+            if stdin is None:
+                stdin = os.open(os.devnull, os.O_RDONLY)
+                self.addCleanup(os.close, stdin)
             reactor.spawnProcess(cli, argv[0], argv, env=environment,
-                                 childFDs={0: null, 1: "r", 2: "r"})
+                                 childFDs={0: stdin, 1: "r", 2: "r"})
         else:
             reactor.spawnProcess(cli, argv[0], argv, env=environment)
         return cli
 
-    async def run_cli(self, *args, stdin: bytes | None = None, env=None) -> tuple[int, bytes, bytes]:
+    async def run_cli(self, *args, stdin: bytes | int | None = None,
+                      env=None) -> tuple[int, bytes, bytes]:
         cli = self.spawn(list(args), stdin, env)
         code = await wait(cli.ended)
         return code, cli.out, cli.err
@@ -168,6 +174,15 @@ class ExecTests(CliTestCase):
 
     async def test_an_empty_stdin_reads_as_end_of_file(self):
         self.assertEqual(await self.run_cli("exec", "--", "cat", stdin=None), (0, b"", b""))
+
+    async def test_a_file_read_to_its_end_on_stdin_reads_as_end_of_file(self):
+        for content in (b"", b"already read"):
+            with open(self.path("input"), "wb") as f:
+                f.write(content)
+            stdin = os.open(self.path("input"), os.O_RDONLY)
+            self.addCleanup(os.close, stdin)
+            os.lseek(stdin, 0, os.SEEK_END)
+            self.assertEqual(await self.run_cli("exec", "--", "cat", stdin=stdin), (0, b"", b""))
 
     async def test_no_stdin_option(self):
         self.assertEqual(await self.run_cli("exec", "-n", "--", "wc", "-c", stdin=b"ignored"),

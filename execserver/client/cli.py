@@ -471,12 +471,25 @@ class _StdinForwarder:
         self.reader.restore()
 
 
-def _stdin_is_null() -> bool:
+def _stdin_is_empty() -> bool:
+    """
+    Whether our stdin has nothing to give: closed, C{/dev/null}, or a
+    regular file read to its end. The child then gets an empty stdin of
+    its own, which ends even on a server that cannot close a piped one.
+    """
     try:
         ours = os.fstat(0)
-        null = os.stat(os.devnull)
     except OSError:
         return True
+    if stat_module.S_ISREG(ours.st_mode):
+        try:
+            return os.lseek(0, 0, os.SEEK_CUR) >= ours.st_size
+        except OSError:
+            return False
+    try:
+        null = os.stat(os.devnull)
+    except OSError:
+        return False
     return stat_module.S_ISCHR(ours.st_mode) and ours.st_rdev == null.st_rdev
 
 
@@ -502,7 +515,7 @@ async def _exec(reactor, client: ExecServerClient, arguments: argparse.Namespace
             env.setdefault("TERM", os.environ["TERM"])
         if os.isatty(0):
             argv = _window_wrapper(argv)
-    forward_stdin = not arguments.no_stdin and (tty or not _stdin_is_null())
+    forward_stdin = not arguments.no_stdin and (tty or not _stdin_is_empty())
     cwd = await _working_directory(client, arguments.cwd) if arguments.cwd else None
     broken: list[OSError] = []
 
