@@ -25,8 +25,11 @@ none by these names):
 
 C{role} is C{executor} or C{rendezvous}; C{direction} is C{to_executor} or
 C{to_harness} (for an executor: received or sent). A rendezvous counts
-through its router's tap (L{Metrics.rendezvous_tap}); an executor calls
-L{Metrics.relay_frame} and L{Metrics.relay_handshake_failed}. Every
+through its router's tap (L{Metrics.rendezvous_tap}); an executor through
+its socket's counter (L{Metrics.relay_counter}), and counts each handshake
+it does not take by reason: C{invalid_handshake}, C{authorization_failed},
+C{second_handshake}, C{data_while_validating}, C{busy} (stream limits) or
+C{paused} (after too many failures). Every
 service of a process shares one L{Metrics}; a service that has no admin
 listener still counts (cheap) so that the core never asks whether
 metrics are on.
@@ -152,6 +155,16 @@ class Metrics:
             self.relay_streams.labels(role).inc()
         elif kind is FrameKind.RESET:
             self.relay_resets.labels(role, direction).inc()
+
+    def relay_counter(self, role: str) -> Callable[[bool, FrameKind, int], None]:
+        """
+        A L{execserver.relay.socket.RelaySocket.counter} for one of C{role}'s
+        sockets, whose frames arrive from the harness side (an executor's).
+        """
+        def count(received: bool, kind: FrameKind, size: int) -> None:
+            self.relay_frame(role, TO_EXECUTOR if received else TO_HARNESS, kind, size)
+
+        return count
 
     def relay_handshake_failed(self, role: str, reason: str) -> None:
         """

@@ -132,10 +132,12 @@ class Drain(service.Service):
     """
     Stops first (it is added last): steps 1 to 3 of the module's drain.
 
+    @param exec_server: the core whose processes get the grace period
+        (C{None} for a forwarder, which runs none).
     @param websockets: the open WebSockets of each WebSocket listener.
     """
 
-    def __init__(self, clock, readiness: Readiness, exec_server: ExecServer,
+    def __init__(self, clock, readiness: Readiness, exec_server: ExecServer | None,
                  websockets: Iterable[websocket.OpenWebSockets], grace: float) -> None:
         self.clock = clock
         self.readiness = readiness
@@ -152,6 +154,8 @@ class Drain(service.Service):
         return closed.addCallback(lambda _: self._grace())
 
     def _grace(self) -> Deferred | None:
+        if self.exec_server is None:
+            return None
         running = self.exec_server.running_processes()
         if not running or self.grace <= 0:
             return None

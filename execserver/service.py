@@ -343,7 +343,7 @@ def _build(config: Options, reactor) -> service.MultiService:
     stopper.setServiceParent(top)
     readiness = operations.readiness_for(SystemdNotifier.from_environment())
     metrics = Metrics(frozenset(all_methods()) | {"initialize"})
-    admin = _admin_listener(config, reactor, metrics, readiness)
+    admin = admin_listener(config, reactor, metrics, readiness)
     if admin is not None:
         # Added early, so stopped late: /readyz and /metrics answer while
         # the server drains.
@@ -351,11 +351,11 @@ def _build(config: Options, reactor) -> service.MultiService:
     exec_server = build_core(config, reactor, top, metrics)
     websockets = []
     if target.stdio:
-        build = _counted(exec_server.buildConnection, metrics, "stdio")
+        build = counted(exec_server.buildConnection, metrics, "stdio")
         StdioListener(reactor, build, stopper.stop,
                       stdout=_private_stdout()).setServiceParent(top)
     else:
-        build = _counted(exec_server.buildConnection, metrics, "websocket")
+        build = counted(exec_server.buildConnection, metrics, "websocket")
         site = websocket.site(build, authenticator, readiness)
         port = listen_now(reactor, target.description, site, target.where)
         address = port.getHost()
@@ -371,7 +371,7 @@ def _build(config: Options, reactor) -> service.MultiService:
         websockets.append(site.websockets)
     operations.Drain(reactor, readiness, exec_server, websockets,
                      config["shutdown-grace-period"]).setServiceParent(top)
-    _ReadyWhenRunning(reactor, readiness).setServiceParent(top)
+    ReadyWhenRunning(reactor, readiness).setServiceParent(top)
     return top
 
 
@@ -384,7 +384,7 @@ def _forget_inherited_sockets(environ=os.environ) -> None:
         environ.pop(name, None)
 
 
-def _admin_listener(config: Options, reactor, metrics: Metrics,
+def admin_listener(config: Options, reactor, metrics: Metrics,
                     readiness: Readiness) -> operations.PortService | None:
     listen = config["admin-listen"]
     if listen is None:
@@ -399,7 +399,7 @@ def _admin_listener(config: Options, reactor, metrics: Metrics,
     return operations.PortService(reactor, port, url, "admin", out=sys.stdout)
 
 
-def _counted(build: Callable[[], ServerConnection], metrics: Metrics,
+def counted(build: Callable[[], ServerConnection], metrics: Metrics,
              transport: str) -> Callable[[], ServerConnection]:
     """
     C{build}, with each connection it builds counted as one of C{transport}.
@@ -412,9 +412,10 @@ def _counted(build: Callable[[], ServerConnection], metrics: Metrics,
     return build_counted
 
 
-class _ReadyWhenRunning(service.Service):
+class ReadyWhenRunning(service.Service):
     """
-    The local server is ready once the reactor runs: its listener is open.
+    A server with a listener (a local server, a rendezvous) is ready once
+    the reactor runs, its listener open, and no longer once it stops.
     """
 
     CONDITION = "started"
@@ -427,3 +428,7 @@ class _ReadyWhenRunning(service.Service):
     def startService(self) -> None:
         super().startService()
         self.reactor.callWhenRunning(self.readiness.met, self.CONDITION)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.readiness.drain()

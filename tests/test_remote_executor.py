@@ -16,6 +16,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial import unittest
 
+from execserver.metrics import Metrics
 from execserver.noise.channel import NoiseStream, StreamReset
 from execserver.noise.handshake import Initiator, prologue
 from execserver.noise.keys import NoiseIdentity
@@ -70,8 +71,9 @@ class ExecutorTestCase(unittest.TestCase):
         self.clock = task.Clock()
         self.validations = Validations(self.verdict)
         self.apps: list[Recorder] = []
+        self.metrics = Metrics()
         self.relay = ExecutorRelay(self.clock, EXECUTOR, REGISTRATION, self.validations,
-                                   self.new_app)
+                                   self.new_app, self.metrics)
         self.pair = RelayPair(silent_server=self.silent_rendezvous, client_owner=self.relay,
                               clock=self.clock)
         self.rendezvous = self.pair.server
@@ -393,6 +395,55 @@ class FrameTests(ExecutorTestCase):
         self.executor_app("s1").transport.loseConnection()
         self.pair.flush()
         self.assertEqual((self.resets(), self.relay.streams), (["s1"], {}))
+
+
+class CountingTestCase(ExecutorTestCase):
+    def value(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, dict(labels, role="executor")) or 0
+
+
+class MetricsTests(CountingTestCase):
+    def test_frames_streams_resets_and_failures_are_counted(self):
+        carried = {True: 0, False: 0}
+
+        def count(received: bool, kind: FrameKind, size: int) -> None:
+            carried[received] += size
+
+        # The rendezvous side's own count of what crossed the socket.
+        self.rendezvous.counter = count
+        self.open("s1")
+        self.exchange("s1", 1)
+        self.fail_handshakes(2)
+        self.send(frames.encode_data("unknown", 0, b"x"))
+        self.assertEqual(
+            [self.value("exec_server_relay_streams_total"),
+             self.value("exec_server_relay_bytes_total", direction="to_executor"),
+             self.value("exec_server_relay_bytes_total", direction="to_harness"),
+             self.value("exec_server_relay_resets_total", direction="to_harness"),
+             self.value("exec_server_relay_handshake_failures_total", reason="invalid_handshake")],
+            [3, carried[False], carried[True], 3, 2])
+
+    def test_a_handshake_beyond_the_stream_limit_counts_as_busy(self):
+        for n in range(MAX_ACTIVE_STREAMS):
+            self.open(f"s{n}")
+        self.handshake("one-more")
+        self.assertEqual(self.value("exec_server_relay_handshake_failures_total", reason="busy"), 1)
+
+
+class MetricsWhileValidatingTests(CountingTestCase):
+    verdict = None
+
+    def test_failures_while_validating_are_counted_by_reason(self):
+        self.handshake("twice")
+        self.handshake("twice")
+        self.handshake("early-data")
+        self.send(frames.encode_data("early-data", 0, b"x"))
+        self.handshake("refused")
+        self.validations.waiting["refused"].callback(False)
+        self.assertEqual(
+            [self.value("exec_server_relay_handshake_failures_total", reason=reason)
+             for reason in ("second_handshake", "data_while_validating", "authorization_failed")],
+            [1, 1, 1])
 
 
 class LivenessTests(ExecutorTestCase):

@@ -16,6 +16,7 @@ from twisted.trial import unittest
 
 from execserver.client import ExecServerClient
 from execserver.noise.keys import NoiseIdentity
+from execserver.readiness import Readiness
 from execserver.remote.harness import RelayConnector
 from execserver.remote.link import ExecutorLink, RendezvousEndpoint, backoff
 from execserver.remote.registry import RegistryAuthenticationFailed, RegistryClient
@@ -91,6 +92,10 @@ class LinkTests(unittest.TestCase):
         #: One entry each time the link computes a wait before redialling.
         self.retries = DeferredQueue()
         self.exec_server = support.build_exec_server(self)
+        self.readiness = Readiness()
+        #: Whether the executor was ready, after each change.
+        self.readiness_seen: list[bool] = []
+        self.readiness.subscribe(lambda readiness: self.readiness_seen.append(readiness.ready))
 
     def jitter(self) -> float:
         # Told after the wait is scheduled (it is computed just before).
@@ -100,7 +105,7 @@ class LinkTests(unittest.TestCase):
     def link(self, token: str = TOKEN) -> ExecutorLink:
         registry = RegistryClient(reactor, self.registry_url, token, environ={})
         endpoint = RendezvousEndpoint(reactor, registry, ENVIRONMENT_ID, NoiseIdentity.generate(),
-                                      clock=self.clock)
+                                      clock=self.clock, readiness=self.readiness)
         link = ExecutorLink(endpoint, self.exec_server.buildConnection, self.fatal.callback,
                             random=self.jitter)
         link.startService()
@@ -153,6 +158,17 @@ class LinkTests(unittest.TestCase):
         self.assertIsNot(again, relay)
         self.assertEqual(self.store.registrations, 1)
         self.assertEqual(await self.run_echo(), b"served\n")
+
+    async def test_ready_while_registered_and_connected(self):
+        link = self.link()
+        relay = await self.connected(link)
+        self.assertEqual(self.readiness_seen, [True, False, True])
+        await self.drop(relay)
+        self.assertFalse(self.readiness.ready)
+        await support.with_timeout(self.retries.get())
+        self.clock.advance(0.5)
+        await self.reconnected(link)
+        self.assertEqual(self.readiness_seen, [True, False, True, False, True])
 
     async def test_a_401_registers_again_at_once_and_dials_the_new_url_after_the_wait(self):
         link = self.link()

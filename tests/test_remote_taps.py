@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Callable
 
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred
@@ -22,6 +23,7 @@ from execserver.rendezvous import tap as rendezvous_tap
 from execserver.remote.harness import RelayConnector
 from execserver.service import StartupError
 from tests import support
+from tests.test_operations import http_get, samples
 
 ENV = {"PATH": "/usr/bin:/bin"}
 
@@ -146,7 +148,7 @@ class _Twistd(protocol.ProcessProtocol):
         self.ended: Deferred = Deferred()
         self.out = b""
         self.err = b""
-        self._awaited: list[tuple[bytes, Deferred]] = []
+        self._awaited: list[tuple[Callable[[], bool], Deferred]] = []
 
     def connectionMade(self) -> None:
         if self.stdin is not None:
@@ -154,8 +156,15 @@ class _Twistd(protocol.ProcessProtocol):
 
     def logged(self, text: bytes) -> Deferred:
         """Fires once C{text} was written on stdout (where twistd -n logs)."""
+        return self._when(lambda: text in self.out)
+
+    def announced(self, count: int) -> Deferred:
+        """Fires with the URLs once C{count} are announced."""
+        return self._when(lambda: len(self.urls()) >= count).addCallback(lambda _: self.urls())
+
+    def _when(self, seen: Callable[[], bool]) -> Deferred:
         waiter = Deferred()
-        self._awaited.append((text, waiter))
+        self._awaited.append((seen, waiter))
         self.outReceived(b"")
         return support.with_timeout(waiter)
 
@@ -164,9 +173,14 @@ class _Twistd(protocol.ProcessProtocol):
         for line in self.out.splitlines():
             if line.startswith(b"http://") and not self.url.called:
                 self.url.callback(line.decode().strip())
-        for entry in [entry for entry in self._awaited if entry[0] in self.out]:
+        for entry in [entry for entry in self._awaited if entry[0]()]:
             self._awaited.remove(entry)
             entry[1].callback(None)
+
+    def urls(self) -> list[str]:
+        """The URLs announced on stdout so far, in order."""
+        return [line.decode().strip() for line in self.out.splitlines()
+                if line.startswith(b"http://")]
 
     def errReceived(self, data: bytes) -> None:
         self.err += data
@@ -210,6 +224,7 @@ class PluginTests(unittest.TestCase):
         await support.with_timeout(client.connect())
         handle = await client.start_process(["/bin/echo", "hello"], env=ENV)
         await support.with_timeout(handle.when_closed())
+        client.close()
         return handle.receiver.output()
 
     async def test_the_executor_serves_through_the_rendezvous_until_stdin_closes(self):
@@ -221,6 +236,48 @@ class PluginTests(unittest.TestCase):
         self.assertEqual(await self.echo(url), b"hello\n")
         executor.process.closeStdin()
         self.assertEqual(await support.with_timeout(executor.ended), 0)
+
+    async def test_admin_listeners_count_the_relay_and_say_when_the_executor_is_ready(self):
+        self.directory = support.scratch_directory(self, "execserver-plugins-")
+        tokens = os.path.join(self.directory, "tokens")
+        with open(tokens, "w") as f:
+            f.write("env-1 sekrit\n")
+        rendezvous = self.twistd("execserver-rendezvous", "--tokens", tokens,
+                                 "--listen", "tcp:0:interface=127.0.0.1",
+                                 "--admin-listen", "http://127.0.0.1:0")
+        rendezvous_admin, url = await rendezvous.announced(2)
+        executor = self.twistd("execserver-remote", "--remote", url, "--environment-id", "env-1",
+                               "--registration-bearer-stdin", "--admin-listen", "http://127.0.0.1:0",
+                               stdin=b"sekrit\n")
+        await executor.logged(b"rendezvous socket open")
+        (executor_admin,) = await executor.announced(1)
+        self.assertEqual(await http_get(executor_admin + "/readyz"), (200, b""))
+        self.assertEqual(await self.echo(url), b"hello\n")
+        executor_counts = samples((await http_get(executor_admin + "/metrics"))[1].decode())
+        rendezvous_counts = samples((await http_get(rendezvous_admin + "/metrics"))[1].decode())
+
+        def value(counts, name, **labels):
+            return counts[(name, tuple(sorted(labels.items())))]
+
+        self.assertEqual(
+            [value(executor_counts, "exec_server_connections_total",
+                   result="accepted", transport="relay"),
+             value(executor_counts, "exec_server_processes_finished_total", result="success"),
+             value(executor_counts, "exec_server_relay_streams_total", role="executor"),
+             value(rendezvous_counts, "exec_server_relay_streams_total", role="rendezvous")],
+            [1, 1, 1, 1])
+        for direction in ("to_executor", "to_harness"):
+            carried = [value(counts, "exec_server_relay_bytes_total", direction=direction, role=role)
+                       for counts, role in ((executor_counts, "executor"),
+                                            (rendezvous_counts, "rendezvous"))]
+            # The rendezvous routes every stream frame the executor sends or
+            # gets (and nothing else, with one executor and one harness).
+            self.assertEqual(carried[0], carried[1], direction)
+            self.assertGreater(carried[0], 0, direction)
+        rendezvous.process.signalProcess("TERM")
+        await support.with_timeout(rendezvous.ended)
+        await executor.logged(b"rendezvous socket closed")
+        self.assertEqual(await http_get(executor_admin + "/readyz"), (503, b""))
 
     async def test_an_executor_that_cannot_register_exits_1_saying_why(self):
         url = await self.rendezvous()

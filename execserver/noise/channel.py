@@ -230,7 +230,7 @@ class NoiseStream:
         if self._reading_paused and not self.shares_socket:
             socket.resumeReading(self)
         if reset and self.sends_resets:
-            socket.writeFrame(encode_reset(self.stream_id))
+            socket.writeFrame(encode_reset(self.stream_id), FrameKind.RESET)
         self._producer = None
         if self._protocol is not None:
             self._protocol.connectionLost(reason)

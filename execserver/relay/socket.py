@@ -36,7 +36,7 @@ import os
 import socket
 import struct
 from collections import OrderedDict
-from typing import Hashable
+from typing import Callable, Hashable
 from urllib.parse import urlsplit
 
 from autobahn.websocket.xormasker import create_xor_masker
@@ -53,7 +53,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from execserver.relay.frames import Frame, InvalidFrame, parse_frame
+from execserver.relay.frames import Frame, FrameKind, InvalidFrame, parse_frame
 from execserver.relay.limits import MAX_WEBSOCKET_MESSAGE_BYTES
 from execserver.relay.watchdog import PongWatchdog
 
@@ -148,6 +148,9 @@ class RelaySocket:
     """
 
     owner = None
+    #: Sees every frame: C{counter(received, kind, size)}, where C{kind}
+    #: is the L{FrameKind} (for a sent frame, what its writer said).
+    counter: Callable[[bool, FrameKind, int], None] | None = None
     #: The watchdog's timers.
     clock: IReactorTime
     #: Whose turns the pump follows: the reactor (the clock, in memory).
@@ -214,9 +217,15 @@ class RelaySocket:
     def relay_open(self) -> bool:
         return self._opened and self.state == self.STATE_OPEN
 
-    def writeFrame(self, data: bytes) -> None:
-        """Send one encoded frame now (dropped once the socket is closing)."""
+    def writeFrame(self, data: bytes, kind: FrameKind = FrameKind.DATA) -> None:
+        """
+        Send one encoded frame now (dropped once the socket is closing).
+
+        @param kind: what C{data} is, for the L{counter}.
+        """
         if self.relay_open:
+            if self.counter is not None:
+                self.counter(False, kind, len(data))
             # One binary WebSocket frame, written whole: autobahn's
             # sendMessage costs several times more per frame, and relay
             # frames are many and small.
@@ -300,6 +309,8 @@ class RelaySocket:
         except InvalidFrame as e:
             self.owner.invalidMessage(str(e))
             return
+        if self.counter is not None:
+            self.counter(True, frame.kind, len(payload))
         stream = self._streams.get(frame.stream_id)
         if stream is not None:
             stream.frameReceived(frame)

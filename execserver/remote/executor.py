@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from execserver.interfaces import IMessageProtocol
+from execserver.metrics import EXECUTOR, Metrics
 from execserver.noise.channel import NoiseStream
 from execserver.noise.errors import HandshakeFailed
 from execserver.noise.handshake import Responder, prologue
@@ -118,16 +119,19 @@ class ExecutorRelay:
     @param validate: asks the registry about a harness.
     @param build_protocol: the message protocol of each new stream (a
         server connection, or a forwarder's bridge).
+    @param metrics: counts the socket's frames and failed handshakes.
     @ivar streams: the active streams by id.
     """
 
     def __init__(self, clock: IReactorTime, identity: NoiseIdentity, registration: Registration,
-                 validate: Validator, build_protocol: Callable[[], IMessageProtocol]) -> None:
+                 validate: Validator, build_protocol: Callable[[], IMessageProtocol],
+                 metrics: Metrics | None = None) -> None:
         self.clock = clock
         self.identity = identity
         self.registration = registration
         self.validate = validate
         self.build_protocol = build_protocol
+        self.metrics = metrics
         self.budget = HandshakeBudget(clock)
         self.socket: RelaySocket | None = None
         self.streams: dict[str, NoiseStream] = {}
@@ -142,6 +146,8 @@ class ExecutorRelay:
 
     def socketOpened(self, socket: RelaySocket) -> None:
         self.socket = socket
+        if self.metrics is not None:
+            socket.counter = self.metrics.relay_counter(EXECUTOR)
 
     def frameReceived(self, frame: Frame, raw: bytes) -> None:
         kind = frame.kind
@@ -150,8 +156,9 @@ class ExecutorRelay:
             self._handshake(stream_id, frame.payload)
         elif kind is FrameKind.DATA:
             if self._cancel(stream_id):
-                self.budget.charge()
-            self._reset(stream_id)
+                self._refuse(stream_id, "data_while_validating")
+            else:
+                self._reset(stream_id)
         elif kind is FrameKind.RESET:
             self._cancel(stream_id)
 
@@ -175,15 +182,15 @@ class ExecutorRelay:
     def _handshake(self, stream_id: str, message1: bytes) -> None:
         if self._cancel(stream_id):
             log.debug("executor relay: second handshake on stream {stream_id}", stream_id=stream_id)
-            self._refuse(stream_id)
+            self._refuse(stream_id, "second_handshake")
             return
         if self.budget.paused:
-            self._reset(stream_id)
+            self._refused(stream_id, "paused")
             return
         if len(self.streams) >= MAX_ACTIVE_STREAMS or len(self._pending) >= MAX_PENDING_VALIDATIONS:
             log.info("executor relay: refusing a stream: {active} active, {pending} validating",
                      active=len(self.streams), pending=len(self._pending))
-            self._reset(stream_id)
+            self._refused(stream_id, "busy")
             return
         registration = self.registration
         responder = Responder(self.identity, prologue(
@@ -191,7 +198,7 @@ class ExecutorRelay:
         try:
             request = responder.read_message1(message1)
         except HandshakeFailed:
-            self._refuse(stream_id)
+            self._refuse(stream_id, "invalid_handshake")
             return
         pending = self._pending[stream_id] = _Pending(responder)
         validation = self.validate(request.harness_key, request.authorization, stream_id)
@@ -210,17 +217,17 @@ class ExecutorRelay:
             if isinstance(result, Failure):
                 log.debug("executor relay: validate failed: {error}",
                           error=result.getErrorMessage())
-            self._refuse(stream_id)
+            self._refuse(stream_id, "authorization_failed")
             return
         if len(self.streams) >= MAX_ACTIVE_STREAMS:
-            self._reset(stream_id)
+            self._refused(stream_id, "busy")
             return
         try:
             message2, ciphers = pending.responder.write_message2()
         except HandshakeFailed:
-            self._refuse(stream_id)
+            self._refuse(stream_id, "invalid_handshake")
             return
-        self.socket.writeFrame(encode_handshake(stream_id, message2))
+        self.socket.writeFrame(encode_handshake(stream_id, message2), FrameKind.HANDSHAKE)
         stream = NoiseStream(self.socket, stream_id, ciphers, shares_socket=True,
                              sends_resets=True,
                              on_end=lambda reason: self._ended(stream_id, stream))
@@ -240,11 +247,20 @@ class ExecutorRelay:
         pending.validation.cancel()
         return True
 
-    def _refuse(self, stream_id: str) -> None:
-        """A failed handshake: reset, and count it."""
-        self._reset(stream_id)
+    def _refuse(self, stream_id: str, reason: str) -> None:
+        """A failed handshake: reset, and charge it to the budget."""
+        self._refused(stream_id, reason)
         self.budget.charge()
+
+    def _refused(self, stream_id: str, reason: str) -> None:
+        """
+        A handshake not taken: reset, and count it by C{reason} (a fixed
+        word, never the peer's text).
+        """
+        self._reset(stream_id)
+        if self.metrics is not None:
+            self.metrics.relay_handshake_failed(EXECUTOR, reason)
 
     def _reset(self, stream_id: str) -> None:
         if self.socket is not None:
-            self.socket.writeFrame(encode_reset(stream_id))
+            self.socket.writeFrame(encode_reset(stream_id), FrameKind.RESET)

@@ -176,8 +176,8 @@ class RelayConnector:
                 self.identity, bundle.executor_public_key,
                 prologue(bundle.environment_id, bundle.executor_registration_id, stream_id))
             message1 = initiator.write_message1(bundle.harness_key_authorization.encode("utf-8"))
-            socket.writeFrame(encode_resume(stream_id))
-            socket.writeFrame(encode_handshake(stream_id, message1))
+            socket.writeFrame(encode_resume(stream_id), FrameKind.RESUME)
+            socket.writeFrame(encode_handshake(stream_id, message1), FrameKind.HANDSHAKE)
             owner.reply.addTimeout(HANDSHAKE_TIMEOUT_SECONDS, self.clock)
             try:
                 message2 = await owner.reply

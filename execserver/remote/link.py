@@ -33,7 +33,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from execserver.interfaces import IMessageProtocol
+from execserver.metrics import Metrics
 from execserver.noise.keys import NoiseIdentity
+from execserver.readiness import Readiness
 from execserver.relay import socket as relay_socket
 from execserver.relay.frames import Frame
 from execserver.relay.socket import IRelaySocketOwner, RelayConnectError, RelaySocket
@@ -46,6 +48,10 @@ from execserver.remote.limits import (
 from execserver.remote.registry import Registration, RegistryClient, RegistryError
 
 log = Logger()
+
+#: The readiness conditions of an executor (L{execserver.readiness}).
+REGISTERED = "registered"
+CONNECTED = "connected"
 
 
 def backoff(attempt: int, random: Callable[[], float] = random.random) -> float:
@@ -83,10 +89,13 @@ class _Owner:
     Hands a socket's events to the protocol L{ClientService} built (a proxy
     of a L{LinkRelay}, which must see C{makeConnection} and
     C{connectionLost}), and is that protocol's transport.
+
+    @param readiness: told when the socket opens and when it is lost.
     """
 
-    def __init__(self, protocol) -> None:
+    def __init__(self, protocol, readiness: Readiness | None) -> None:
         self.protocol = protocol
+        self.readiness = readiness
         self.socket: RelaySocket | None = None
 
     def loseConnection(self) -> None:
@@ -96,6 +105,8 @@ class _Owner:
         self.socket = socket
         self.protocol.makeConnection(self)
         self.protocol.socketOpened(socket)
+        if self.readiness is not None:
+            self.readiness.met(CONNECTED)
 
     def frameReceived(self, frame: Frame, raw: bytes) -> None:
         self.protocol.frameReceived(frame, raw)
@@ -113,6 +124,8 @@ class _Owner:
         log.info("rendezvous socket closed ({reason})", noise_event="rendezvous_connection",
                  noise_outcome="disconnected", noise_side="executor",
                  reason=getattr(reason.value, "reason", reason.getErrorMessage()))
+        if self.readiness is not None:
+            self.readiness.lost(CONNECTED)
         self.protocol.connectionLost(reason)
 
 
@@ -132,7 +145,7 @@ class _RelayFactory:
         validate = functools.partial(endpoint.registry.validate, endpoint.environment_id,
                                      registration.executor_registration_id)
         return LinkRelay(endpoint.clock, endpoint.identity, registration, validate,
-                          self.build_protocol)
+                         self.build_protocol, endpoint.metrics)
 
 
 @implementer(IStreamClientEndpoint)
@@ -141,19 +154,28 @@ class RendezvousEndpoint:
     Registers (when it has no current registration) and opens the
     registration's socket.
 
+    @param readiness: requires L{REGISTERED} and L{CONNECTED}, met while
+        the executor is registered and its socket open.
+    @param metrics: counts the relay frames of every socket.
     @ivar registration: the current registration, or C{None}.
     """
 
     def __init__(self, reactor, registry: RegistryClient, environment_id: str,
                  identity: NoiseIdentity, clock: IReactorTime | None = None,
-                 trust_root=None) -> None:
+                 trust_root=None, readiness: Readiness | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.reactor = reactor
         self.clock = clock or reactor
         self.registry = registry
         self.environment_id = environment_id
         self.identity = identity
         self.trust_root = trust_root
+        self.readiness = readiness
+        self.metrics = metrics
         self.registration: Registration | None = None
+        if readiness is not None:
+            readiness.require(REGISTERED)
+            readiness.require(CONNECTED)
 
     def __repr__(self) -> str:
         return f"<rendezvous of environment {self.environment_id} at {self.registry.base_url}>"
@@ -164,6 +186,8 @@ class RendezvousEndpoint:
             that is not C{ws://} or C{wss://}.
         """
         self.registration = None
+        if self.readiness is not None:
+            self.readiness.lost(REGISTERED)
         registration = await self.registry.register(self.environment_id, self.identity.public_key)
         parts = urlsplit(registration.websocket_url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -171,6 +195,8 @@ class RendezvousEndpoint:
         log.info("registered with the environment registry", noise_event="registration",
                  noise_outcome="ok", noise_side="executor")
         self.registration = registration
+        if self.readiness is not None:
+            self.readiness.met(REGISTERED)
         return registration
 
     def connect(self, protocolFactory) -> Deferred:
@@ -182,7 +208,7 @@ class RendezvousEndpoint:
         protocol = protocolFactory.buildProtocol(None)
         try:
             await relay_socket.connect(self.reactor, self.registration.websocket_url,
-                                       _Owner(protocol), clock=self.clock,
+                                       _Owner(protocol, self.readiness), clock=self.clock,
                                        trust_root=self.trust_root)
         except RelayConnectError as e:
             log.info("could not open the rendezvous socket: {error}", error=str(e),

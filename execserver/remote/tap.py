@@ -5,7 +5,8 @@ end-to-end encrypted relay streams.
 
     twistd -n execserver-remote --remote URL --environment-id ID
         [--registration-bearer-stdin | --bearer-file FILE] [--exit-on-stdin-close]
-        [--connect ws://HOST:PORT] [server core options]
+        [--connect ws://HOST:PORT] [--admin-listen http://IP:PORT]
+        [--shutdown-grace-period SECONDS] [server core options]
 
 Without a flag, the registry URL, environment id and bearer come from
 C{CODEX_EXEC_SERVER_NOISE_REGISTRY_URL}, C{CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID}
@@ -16,6 +17,12 @@ C{--exit-on-stdin-close} from C{CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE}
 (C{true} or C{false}, as the reference takes it). With C{--connect} the
 streams are forwarded to that WebSocket exec-server instead of served here.
 A first registration that fails ends the process with status 1.
+
+The admin listener's C{/readyz} answers 200 while the executor is
+registered and its rendezvous socket is open (systemd hears C{READY=1} the
+first time); C{/metrics} counts each relay stream as a connection of
+transport C{relay} (unless forwarded: the server forwarded to counts
+them) and the socket's frames with role C{executor}.
 """
 
 from __future__ import annotations
@@ -34,7 +41,10 @@ from zope.interface import implementer
 import execserver
 from execserver.noise.errors import NoiseUnavailable
 from execserver.noise.keys import NoiseIdentity, require_mlkem
-from execserver.operations import StopInOrder
+from execserver import operations
+from execserver.metrics import Metrics
+from execserver.methods import all_methods
+from execserver.readiness import SystemdNotifier
 from execserver.remote.forwarder import WebSocketBridge
 from execserver.remote.link import ExecutorLink, RendezvousEndpoint
 from execserver.remote.registry import RegistryClient
@@ -42,8 +52,10 @@ from execserver.service import (
     CORE_PARAMETERS,
     OrderlyStop,
     StartupError,
+    admin_listener,
     build_core,
     check_core_options,
+    counted,
 )
 
 log = Logger()
@@ -71,6 +83,7 @@ class Options(usage.Options):
          "Forward every stream to this WebSocket exec-server (ws://HOST:PORT) "
          "instead of serving it here."],
         *CORE_PARAMETERS,
+        *operations.OPERATING_PARAMETERS,
     ]
     optFlags = [
         ["registration-bearer-stdin", None, "Read the registration bearer from the first line of stdin."],
@@ -116,6 +129,7 @@ class Options(usage.Options):
             if parts.scheme != "ws" or not parts.hostname or not parts.port:
                 raise usage.UsageError("--connect must be a ws://HOST:PORT URL")
         check_core_options(self)
+        operations.check_operating_options(self)
 
 
 def read_bearer(config: Options, stdin: int = 0) -> str:
@@ -225,24 +239,34 @@ def _build(config: Options, reactor) -> service.MultiService:
     except NoiseUnavailable as e:
         raise StartupError(str(e)) from None
     token = read_bearer(config)
-    # Stopped one after the other, the last added first: the socket closes
-    # (harnesses learn the executor is gone) before the processes are killed.
-    top = StopInOrder()
+    # Stopped one after the other, the last added first: readiness is lost,
+    # then the socket closes (harnesses learn the executor is gone), then
+    # the processes are killed.
+    top = operations.StopInOrder()
     stopper = OrderlyStop(reactor)
     stopper.setServiceParent(top)
+    readiness = operations.readiness_for(SystemdNotifier.from_environment())
+    metrics = Metrics(frozenset(all_methods()) | {"initialize"})
+    admin = admin_listener(config, reactor, metrics, readiness)
+    if admin is not None:
+        admin.setServiceParent(top)
+    exec_server = None
     if config["connect"] is not None:
         url = config["connect"]
         build_protocol = lambda: WebSocketBridge(reactor, url)  # noqa: E731
     else:
-        build_protocol = build_core(config, reactor, top).buildConnection
+        exec_server = build_core(config, reactor, top, metrics)
+        build_protocol = counted(exec_server.buildConnection, metrics, "relay")
     try:
         registry = RegistryClient(reactor, config["remote"], token,
                                   account_id=config["chatgpt-account-id"])
     except ValueError as e:
         raise StartupError(str(e)) from None
     endpoint = RendezvousEndpoint(reactor, registry, config["environment-id"],
-                                  NoiseIdentity.generate())
+                                  NoiseIdentity.generate(), readiness=readiness, metrics=metrics)
     ExecutorLink(endpoint, build_protocol, _fatal(reactor, stopper)).setServiceParent(top)
     if config["exit-on-stdin-close"]:
         StdinWatcher(reactor, stopper.stop).setServiceParent(top)
+    operations.Drain(reactor, readiness, exec_server, (),
+                     config["shutdown-grace-period"]).setServiceParent(top)
     return top

@@ -4,6 +4,7 @@ rendezvous that executors (ours, or C{codex exec-server --remote}) and
 harnesses (our client, or codex) use to meet.
 
     twistd -n execserver-rendezvous --tokens FILE [--listen ENDPOINT] [--websocket-url URL]
+        [--admin-listen http://IP:PORT]
 
 The token file has one environment per line, C{ENVIRONMENT_ID TOKEN}
 (blank lines and lines starting with C{#} are skipped): the bearer its
@@ -12,7 +13,10 @@ Twisted server endpoint (C{tcp:8080:interface=0.0.0.0}, or
 C{ssl:443:privateKey=key.pem:certKey=cert.pem} for HTTPS and C{wss://}).
 The registry hands out socket URLs on the origin each caller reached,
 unless C{--websocket-url} names another (behind a TLS proxy, say). The
-URL it listens on is printed on its own line on stdout.
+URL it listens on is printed on its own line on stdout. With
+C{--admin-listen}, C{/metrics} counts the relay frames it routes (role
+C{rendezvous}) and C{/readyz} answers 200 until it is asked to stop (the
+admin URL is printed first).
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ from twisted.application import service
 from twisted.python import usage
 
 import execserver
+from execserver import operations
 from execserver.listening import url_of
+from execserver.metrics import Metrics
 from execserver.operations import PortService
+from execserver.rendezvous.router import Router
 from execserver.rendezvous.site import Rendezvous, site
 from execserver.rendezvous.store import BearerTokens
-from execserver.service import StartupError, listen_now
+from execserver.service import ReadyWhenRunning, StartupError, admin_listener, listen_now
 
 #: Endpoint types served over TLS.
 _TLS_ENDPOINTS = ("ssl", "tls")
@@ -67,6 +74,7 @@ class Options(usage.Options):
          "Twisted server endpoint to serve HTTP (or HTTPS) on."],
         ["websocket-url", None, None,
          "The ws:// or wss:// origin put in socket URLs (default: the one each caller reached)."],
+        operations.OPERATING_PARAMETERS[0],
     ]
 
     def opt_version(self) -> None:
@@ -95,12 +103,19 @@ def makeService(config: Options, reactor=None) -> service.MultiService:
 def _build(config: Options, reactor) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
+    metrics = Metrics()
     rendezvous = Rendezvous(reactor, read_tokens(config["tokens"]),
-                            websocket_base=config["websocket-url"])
+                            websocket_base=config["websocket-url"],
+                            router=Router(reactor, tap=metrics.rendezvous_tap()))
+    top = operations.StopInOrder()
+    readiness = operations.readiness_for(None)
+    admin = admin_listener(config, reactor, metrics, readiness)
+    if admin is not None:
+        admin.setServiceParent(top)
     description = config["listen"]
     port = listen_now(reactor, description, site(rendezvous), description)
     scheme = "https" if description.split(":", 1)[0] in _TLS_ENDPOINTS else "http"
-    top = service.MultiService()
     PortService(reactor, port, url_of(port.getHost(), scheme), "rendezvous",
                 out=sys.stdout).setServiceParent(top)
+    ReadyWhenRunning(reactor, readiness).setServiceParent(top)
     return top
