@@ -29,3 +29,29 @@ MAX_REQUEST_BODY_BYTES = 64 * 1024
 
 #: Bytes of randomness in registration ids, tickets and authorizations.
 SECRET_BYTES = 32
+
+# Several nodes on a shared (Redis) store; see docs/rendezvous-cluster.md.
+
+#: Seconds a node's presence lives in the store unless refreshed: how long
+#: a dead node is still named to harnesses.
+NODE_SECONDS = 15.0
+
+#: Seconds between a node's refreshes of its presence, of the homes of the
+#: executors connected to it, and of their registrations.
+HEARTBEAT_SECONDS = 5.0
+
+#: Seconds an executor's home (the node holding its socket) lives unless
+#: that node refreshes it.
+HOME_SECONDS = 15.0
+
+#: Seconds a registration lives unless the node holding its executor's
+#: socket refreshes it: an executor that registered and never connected,
+#: or whose node died and that does not come back, is forgotten then (its
+#: URL is refused, and it registers again).
+REGISTRATION_SECONDS = 120.0
+
+#: Seconds a node-to-node forward ticket may wait to be used.
+FORWARD_TICKET_SECONDS = 10.0
+
+#: Seconds a store command may take before the call fails.
+STORE_REPLY_SECONDS = 5.0

@@ -136,8 +136,7 @@ class EnvironmentApi(resource.Resource):
             raise _bad("request body must be a JSON object")
         return body
 
-    def _websocket_url(self, request: server.Request, role: str, ticket: str) -> str:
-        base = websocket_base(request, self.rendezvous.websocket_base)
+    def _websocket_url(self, base: str, role: str, ticket: str) -> str:
         environment = quote(self.environment_id, safe="")
         return f"{base}/ws/environment/{environment}?role={role}&ticket={ticket}"
 
@@ -149,7 +148,11 @@ class EnvironmentApi(resource.Resource):
         log.info("registry: executor registered")
         return {
             "environment_id": self.environment_id,
-            "url": self._websocket_url(request, "environment", registration.ticket),
+            # On the origin the executor reached (in a cluster: the front of
+            # every node), never one node's: codex's executor redials the
+            # same URL after a drop, and a node may be gone by then.
+            "url": self._websocket_url(websocket_base(request, self.rendezvous.websocket_base),
+                                       "environment", registration.ticket),
             "security_profile": SECURITY_PROFILE,
             "executor_registration_id": registration.registration_id,
         }
@@ -163,9 +166,23 @@ class EnvironmentApi(resource.Resource):
         log.info("registry: harness key {outcome}", outcome="valid" if valid else "refused")
         return {"valid": valid}
 
+    async def _executor_base(self, request: server.Request) -> str | None:
+        """
+        Where the environment's executor socket is: this rendezvous, or in
+        a cluster its home node; C{None} while it is not connected.
+        """
+        node = self.rendezvous.node
+        if node is None:
+            if not self.rendezvous.router.has_executor(self.environment_id):
+                return None
+            return websocket_base(request, self.rendezvous.websocket_base)
+        home = await node.home(self.environment_id)
+        return None if home is None else home.url
+
     async def _connect(self, request: server.Request, body: dict) -> dict:
         key = _key(body, "harness_public_key")
-        if not self.rendezvous.router.has_executor(self.environment_id):
+        base = await self._executor_base(request)
+        if base is None:
             raise ApiError(503, "environment_unavailable",
                            "the environment's executor is not connected")
         try:
@@ -178,7 +195,7 @@ class EnvironmentApi(resource.Resource):
         registration = grant.registration
         return {
             "environment_id": self.environment_id,
-            "url": self._websocket_url(request, "harness", grant.ticket),
+            "url": self._websocket_url(base, "harness", grant.ticket),
             "security_profile": SECURITY_PROFILE,
             "executor_registration_id": registration.registration_id,
             "executor_public_key": registration.executor_key.to_json_object(),

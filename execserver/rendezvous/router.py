@@ -110,6 +110,11 @@ class Router:
         environment = self._environments.get(environment_id)
         return environment is not None and environment.executor is not None
 
+    def executors(self) -> list[str]:
+        """The environments whose executor socket is here."""
+        return [environment_id for environment_id, environment in self._environments.items()
+                if environment.executor is not None]
+
     def when_executor(self, environment_id: str) -> Deferred:
         """Fires once C{environment_id} has an executor socket (now, if it has)."""
         if self.has_executor(environment_id):

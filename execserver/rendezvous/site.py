@@ -17,6 +17,8 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import http, resource, server
 
+from execserver.rendezvous.cluster import ClusterNode
+from execserver.rendezvous.redisstore import Node
 from execserver.rendezvous.registry import ACTIONS, EnvironmentApi
 from execserver.rendezvous.router import Router
 from execserver.rendezvous.store import BearerTokens, IRendezvousStore, MemoryStore
@@ -32,6 +34,8 @@ class Rendezvous:
     @param websocket_base: the C{ws://} or C{wss://} origin put in the
         socket URLs handed out; by default, the one the caller reached.
     @param router: the routes (a new L{Router} by default).
+    @ivar node: this process as a node of a cluster (L{set_node}), or
+        C{None} when it is the only rendezvous.
     """
 
     def __init__(self, clock: IReactorTime, tokens: BearerTokens,
@@ -42,6 +46,15 @@ class Rendezvous:
         self.store = store if store is not None else MemoryStore(clock)
         self.websocket_base = websocket_base
         self.router = router if router is not None else Router(clock)
+        self.node: ClusterNode | None = None
+
+    def join(self, node: Node) -> ClusterNode:
+        """
+        Make this rendezvous C{node} of a cluster whose state is its store
+        (a L{RedisStore}); the returned service keeps its presence.
+        """
+        self.node = ClusterNode(self.clock, self.store, self.router, node)
+        return self.node
 
 
 class _Ready(resource.Resource):

@@ -4,6 +4,11 @@ The rendezvous's WebSocket endpoint:
     GET /ws/environment/{environment_id}?role=environment&ticket=T   the executor
     GET /ws/environment/{environment_id}?role=harness&ticket=T       a harness
 
+In a cluster (L{execserver.rendezvous.cluster}) a node also takes
+
+    GET /ws/environment/{environment_id}?role=forward&ticket=T       a forwarded harness
+
+from another node, and forwards a harness whose executor is elsewhere.
 The ticket comes from the registry (C{register} or C{connect}); an
 unknown, used or expired one is refused with HTTP 401, which tells codex's
 executor to register again and a harness to fetch a new bundle. After the
@@ -27,10 +32,12 @@ from zope.interface import implementer
 from execserver.relay.frames import Frame
 from execserver.relay.socket import (
     IRelaySocketOwner,
+    RelayConnectError,
     RelayServerProtocol,
     RelaySocket,
     configure_server_factory,
 )
+from execserver.rendezvous.cluster import ROLE_FORWARD
 from execserver.rendezvous.router import IRelayPeer, Router
 
 log = Logger()
@@ -72,9 +79,15 @@ class _End:
 
 
 class _ExecutorEnd(_End):
+    def __init__(self, router: Router, environment_id: str, node=None) -> None:
+        super().__init__(router, environment_id)
+        self.node = node
+
     def socketOpened(self, socket: RelaySocket) -> None:
         self.socket = socket
         self.router.executor_connected(self.environment_id, self)
+        if self.node is not None:
+            self.node.executor_here(self.environment_id)
 
     def frameReceived(self, frame: Frame, raw: bytes) -> None:
         self.router.from_executor(self, frame, raw)
@@ -87,6 +100,8 @@ class _ExecutorEnd(_End):
 
     def socketLost(self, reason: Failure) -> None:
         self.router.executor_lost(self)
+        if self.node is not None and not self.router.has_executor(self.environment_id):
+            self.node.executor_gone(self.environment_id)
 
 
 class _HarnessEnd(_End):
@@ -129,15 +144,36 @@ class RendezvousSocket(RelayServerProtocol):
             registration = await rendezvous.store.executor_ticket(environment_id, ticket)
             if registration is None:
                 raise ConnectionDeny(401, "Unauthorized")
-            self.owner = _ExecutorEnd(rendezvous.router, environment_id)
+            self.owner = _ExecutorEnd(rendezvous.router, environment_id, rendezvous.node)
         elif role == ROLE_HARNESS:
             grant = await rendezvous.store.harness_ticket(environment_id, ticket)
             if grant is None:
+                raise ConnectionDeny(401, "Unauthorized")
+            self.owner = await self._harness_owner(rendezvous, environment_id)
+        elif role == ROLE_FORWARD and rendezvous.node is not None:
+            if not await rendezvous.store.use_forward_ticket(environment_id, ticket):
                 raise ConnectionDeny(401, "Unauthorized")
             self.owner = _HarnessEnd(rendezvous.router, environment_id)
         else:
             raise ConnectionDeny(400, "Bad Request")
         log.debug("rendezvous: {role} socket admitted", role=role)
+
+
+    async def _harness_owner(self, rendezvous, environment_id: str):
+        """
+        The harness's end here, or, when its executor's home is another
+        node, a forward to that node (HTTP 503 if it cannot be reached).
+        """
+        node = rendezvous.node
+        if node is not None:
+            home = await node.home(environment_id)
+            if home is not None and home.node_id != node.node_id:
+                try:
+                    return await node.forward(environment_id, home)
+                except RelayConnectError as e:
+                    log.info("rendezvous: cannot forward a harness: {error}", error=str(e))
+                    raise ConnectionDeny(503, "Service Unavailable") from None
+        return _HarnessEnd(rendezvous.router, environment_id)
 
 
 def websocket_factory(rendezvous) -> WebSocketServerFactory:
