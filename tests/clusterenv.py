@@ -181,24 +181,36 @@ class Cluster:
         await support.with_timeout(ensureDeferred(watch()), seconds)
 
 
-async def in_process_node(redis_url: str, tokens: dict[str, str], node_id: str,
-                          node_url: str | None = None):
+class InProcessNode:
     """
-    A node in this process on a loopback port: fires with its registry URL
-    and a function that stops it (its listening port, its presence, its
-    store connection).
+    A node in this process on a loopback port, whose harnesses are sent to
+    C{node_url} (its own address by default). Start with L{start}.
+
+    @ivar registry_url: C{http://...}
     """
-    store = RedisStore.from_url(reactor, redis_url)
-    rendezvous = Rendezvous(reactor, BearerTokens(tokens), store=store)
-    port = reactor.listenTCP(0, site(rendezvous), interface="127.0.0.1")
-    own = f"ws://127.0.0.1:{port.getHost().port}"
-    node = rendezvous.join(Node(node_id, node_url or own, own))
-    node.startService()
 
-    async def stop() -> None:
-        await port.stopListening()
-        await node.stopService()
-        await store.close()
+    def __init__(self, redis_url: str, tokens: dict[str, str], node_id: str,
+                 node_url: str | None = None) -> None:
+        self.store = RedisStore.from_url(reactor, redis_url)
+        self.rendezvous = Rendezvous(reactor, BearerTokens(tokens), store=self.store)
+        self.node_id = node_id
+        self.node_url = node_url
 
-    return f"http://127.0.0.1:{port.getHost().port}", stop
+    def start(self) -> "InProcessNode":
+        self.port = reactor.listenTCP(0, site(self.rendezvous), interface="127.0.0.1")
+        own = f"ws://127.0.0.1:{self.port.getHost().port}"
+        self.registry_url = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.node = self.rendezvous.join(Node(self.node_id, self.node_url or own, own))
+        self.node.startService()
+        return self
 
+    async def when_home(self, environment_id: str) -> None:
+        """Once the environment's executor is connected here, and the store knows it."""
+        await self.rendezvous.router.when_executor(environment_id)
+        # One connection: this reply comes after the home was claimed.
+        await self.store.home(environment_id)
+
+    async def stop(self) -> None:
+        await self.port.stopListening()
+        await self.node.stopService()
+        await self.store.close()

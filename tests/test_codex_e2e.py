@@ -138,3 +138,13 @@ class RelayTests(CodexTestCase):
     test_commands = compared(scenarios.COMMANDS, targets.RELAY)
     test_terminal = compared(scenarios.TERMINAL, targets.RELAY)
     test_files = compared(scenarios.FILES, targets.RELAY)
+
+
+class TwoNodeRelayTests(CodexTestCase):
+    """
+    Codex is a Noise harness of a two-node rendezvous cluster (Redis): it
+    reaches node B, which forwards it to the executor's node A.
+    """
+
+    test_commands = compared(scenarios.COMMANDS, targets.TWO_NODE_RELAY)
+    test_terminal = compared(scenarios.TERMINAL, targets.TWO_NODE_RELAY)

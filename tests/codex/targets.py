@@ -19,7 +19,8 @@ Codex learns about an exec-server in three ways:
   - C{CODEX_EXEC_SERVER_NOISE_REGISTRY_URL}, C{..._ENVIRONMENT_ID} and
     C{..._AUTH_TOKEN}: codex is a Noise harness of a remote environment, and
     reaches the server (C{--remote}) through its registry and rendezvous
-    (L{Relay}: our rendezvous).
+    (L{Relay}: our rendezvous; L{TwoNodeRelay}: two nodes of it sharing
+    Redis, codex forwarded from one to the other).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 import jwt
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 
 from tests import support
 
@@ -253,6 +254,64 @@ class Relay:
         }, close=close)
 
 
+class TwoNodeRelay:
+    """
+    Two rendezvous nodes sharing a real redis-server, the server registered
+    as a remote executor on node A, codex a Noise harness whose registry is
+    node B; node A sends harnesses to node B's address, so codex's socket
+    reaches B and is forwarded to A (docs/rendezvous-cluster.md).
+    """
+
+    name = "relay-two-nodes"
+    token = "e2e-relay-token"
+
+    async def attach(self, target: "Target", directories: RunDirectories) -> Attachment:
+        from twisted.internet import reactor
+
+        from tests.clusterenv import InProcessNode
+        from tests.redisserver import RedisServer
+
+        redis = await RedisServer().start()
+        tokens = {ENVIRONMENT_ID: self.token}
+        started = []
+        executor = _RemoteExecutor(self.token)
+        process = None
+
+        async def close() -> None:
+            try:
+                if process is not None:
+                    if not executor.ended.called:
+                        process.signalProcess("TERM")
+                    await support.with_timeout(executor.ended)
+                for node in reversed(started):
+                    await node.stop()
+            finally:
+                await redis.stop()
+
+        try:
+            node_b = InProcessNode(redis.url, tokens, "b").start()
+            started.append(node_b)
+            b_websocket = "ws" + node_b.registry_url[len("http"):]
+            node_a = InProcessNode(redis.url, tokens, "a", node_url=b_websocket).start()
+            started.append(node_a)
+            argv = target.server.remote_argv(node_a.registry_url, ENVIRONMENT_ID,
+                                             target.server_args)
+            process = reactor.spawnProcess(
+                executor, argv[0], argv,
+                env=support.server_environment({"HOME": directories.user_home,
+                                                "CODEX_HOME": directories.server_home}),
+                path=directories.workdir)
+            await support.with_timeout(ensureDeferred(node_a.when_home(ENVIRONMENT_ID)))
+        except BaseException:
+            await close()
+            raise
+        return Attachment(env={
+            "CODEX_EXEC_SERVER_NOISE_REGISTRY_URL": node_b.registry_url,
+            "CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID": ENVIRONMENT_ID,
+            "CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN": self.token,
+        }, close=close)
+
+
 class _RemoteExecutor(protocol.ProcessProtocol):
     """Hands the executor its registration bearer on stdin."""
 
@@ -274,6 +333,7 @@ WEBSOCKET_ENVIRONMENT = WebSocketEnvironment()
 CAPABILITY_TOKEN_ENVIRONMENT = AuthenticatedWebSocketEnvironment("capability-token")
 SIGNED_BEARER_TOKEN_ENVIRONMENT = AuthenticatedWebSocketEnvironment("signed-bearer-token")
 RELAY = Relay()
+TWO_NODE_RELAY = TwoNodeRelay()
 
 
 @dataclass(frozen=True)
