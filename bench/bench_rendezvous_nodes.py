@@ -137,7 +137,7 @@ async def measure(layout: Layout, environment_ids: list[str], streams: int,
     await defer.gatherResults([defer.ensureDeferred(loop(c)) for c in clients])
     elapsed = common.now() - began
     for client in clients:
-        await client.close()
+        client.close()
     return {"frames": 2 * len(latencies) / elapsed,
             "p50": common.percentile(latencies, 0.5) * 1000,
             "p99": common.percentile(latencies, 0.99) * 1000}
