@@ -138,6 +138,20 @@ class TokenFileTests(unittest.SynchronousTestCase):
         for args in ([], ["--tokens", "f", "--websocket-url", "http://x"]):
             self.assertRaises(usage.UsageError, rendezvous_tap.Options().parseOptions, args)
 
+    def test_cluster_options(self):
+        options = rendezvous_tap.Options()
+        options.parseOptions(["--tokens", "f", "--store", "redis://r:6380/2", "--node-id", "a",
+                              "--node-url", "wss://a.example", "--peer-url", "ws://10.0.0.5:8080"])
+        self.assertEqual((options["store"], options["node-id"], options["node-url"],
+                          options["peer-url"]),
+                         ("redis://r:6380/2", "a", "wss://a.example", "ws://10.0.0.5:8080"))
+        for args in (["--node-id", "a"], ["--node-url", "ws://a"],
+                     ["--store", "http://r"], ["--store", "redis://r/x"],
+                     ["--store", "redis://r", "--node-url", "http://a"],
+                     ["--store", "redis://r", "--peer-url", "a:8080"]):
+            self.assertRaises(usage.UsageError, rendezvous_tap.Options().parseOptions,
+                              ["--tokens", "f", *args])
+
 
 class _Twistd(protocol.ProcessProtocol):
     """A twistd child: its first C{http://} line, its output, its end."""
