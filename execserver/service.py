@@ -17,7 +17,7 @@ import ipaddress
 import os
 import signal
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.application import service
 from twisted.internet import endpoints
@@ -289,13 +289,19 @@ def _private_stdout() -> int:
     return out
 
 
-def makeService(config: Options, reactor=None) -> service.MultiService:
-    try:
-        return _build(config, reactor)
-    except StartupError as e:
-        # As the reference reports its startup errors.
-        sys.stderr.write(f"Error: {e}\n")
-        sys.exit(1)
+def reporting_startup_errors(prefix: str, build: Callable[[usage.Options, Any], service.Service]):
+    """
+    A twistd plugin's C{makeService} from C{build(config, reactor)}: a
+    L{StartupError} is one line on stderr, C{prefix} first, and exit 1.
+    """
+    def makeService(config: usage.Options, reactor=None) -> service.Service:
+        try:
+            return build(config, reactor)
+        except StartupError as e:
+            sys.stderr.write(f"{prefix}{e}\n")
+            sys.exit(1)
+
+    return makeService
 
 
 def build_core(config: usage.Options, reactor, top: service.MultiService,
@@ -373,6 +379,10 @@ def _build(config: Options, reactor) -> service.MultiService:
                      config["shutdown-grace-period"]).setServiceParent(top)
     ReadyWhenRunning(reactor, readiness).setServiceParent(top)
     return top
+
+
+# As the reference reports its startup errors.
+makeService = reporting_startup_errors("Error: ", _build)
 
 
 def _forget_inherited_sockets(environ=os.environ) -> None:

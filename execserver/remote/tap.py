@@ -56,6 +56,7 @@ from execserver.service import (
     build_core,
     check_core_options,
     counted,
+    reporting_startup_errors,
 )
 
 log = Logger()
@@ -223,14 +224,6 @@ def _fatal(reactor, stopper: OrderlyStop) -> Callable[[Exception], None]:
     return fatal
 
 
-def makeService(config: Options, reactor=None) -> service.MultiService:
-    try:
-        return _build(config, reactor)
-    except StartupError as e:
-        sys.stderr.write(f"execserver-remote: {e}\n")
-        sys.exit(1)
-
-
 def _build(config: Options, reactor) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
@@ -270,3 +263,6 @@ def _build(config: Options, reactor) -> service.MultiService:
     operations.Drain(reactor, readiness, exec_server, (),
                      config["shutdown-grace-period"]).setServiceParent(top)
     return top
+
+
+makeService = reporting_startup_errors("execserver-remote: ", _build)

@@ -43,7 +43,13 @@ from execserver.rendezvous.redisstore import Node, RedisStore, parse_redis_url
 from execserver.rendezvous.router import Router
 from execserver.rendezvous.site import Rendezvous, site
 from execserver.rendezvous.store import BearerTokens
-from execserver.service import ReadyWhenRunning, StartupError, admin_listener, listen_now
+from execserver.service import (
+    ReadyWhenRunning,
+    StartupError,
+    admin_listener,
+    listen_now,
+    reporting_startup_errors,
+)
 
 #: Endpoint types served over TLS.
 _TLS_ENDPOINTS = ("ssl", "tls")
@@ -118,14 +124,6 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--store: {e}") from None
 
 
-def makeService(config: Options, reactor=None) -> StopInOrder:
-    try:
-        return _build(config, reactor)
-    except StartupError as e:
-        sys.stderr.write(f"execserver-rendezvous: {e}\n")
-        sys.exit(1)
-
-
 def _build(config: Options, reactor) -> StopInOrder:
     if reactor is None:
         from twisted.internet import reactor
@@ -152,6 +150,9 @@ def _build(config: Options, reactor) -> StopInOrder:
     PortService(reactor, port, url, "rendezvous", out=sys.stdout).setServiceParent(top)
     ReadyWhenRunning(reactor, readiness).setServiceParent(top)
     return top
+
+
+makeService = reporting_startup_errors("execserver-rendezvous: ", _build)
 
 
 class _StoreService(service.Service):
