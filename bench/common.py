@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,16 +44,18 @@ class Server:
         self.kind = kind
         # Not under /tmp, where the reference cannot make the helper
         # aliases its sandboxed children need.
-        home = tempfile.mkdtemp(prefix=f"execserver-bench-{kind}-", dir="/var/tmp")
+        home = self.home = tempfile.mkdtemp(prefix=f"execserver-bench-{kind}-", dir="/var/tmp")
         env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
                "LANG": "C.UTF-8", "PYTHONPATH": str(ROOT)}
         if kind == "reference":
             env["CODEX_HOME"] = home
             argv = [reference_binary(), "exec-server", "--listen", "ws://127.0.0.1:0", *extra_args]
         else:
+            # A log file of its own, never /dev/null: twistd rotates its log
+            # file once it has written 1 MB to it, by renaming it.
             argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                    "-n", "--pidfile=", "--logfile=/dev/null", "execserver", "--port", "0",
-                    *extra_args]
+                    "-n", "--pidfile=", f"--logfile={os.path.join(home, 'server.log')}",
+                    "execserver", "--port", "0", *extra_args]
         self.popen = subprocess.Popen(argv, cwd=home, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL)
         for line in self.popen.stdout:
@@ -76,6 +79,7 @@ class Server:
     def stop(self) -> None:
         self.popen.terminate()
         self.popen.wait(10)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 @implementer(IMessageProtocol)

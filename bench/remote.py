@@ -8,6 +8,7 @@ it, each under its own environment id.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,8 +22,13 @@ from execserver.remote.harness import RelayConnector
 
 TOKEN = "bench-remote-token"
 
-_TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-           "-n", "--pidfile=", "--logfile=/dev/null"]
+def _twistd(log: str) -> list[str]:
+    """
+    twistd, logging to the file C{log} (never /dev/null: twistd rotates its
+    log file once it has written 1 MB to it, by renaming it).
+    """
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", f"--logfile={log}"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -49,7 +55,8 @@ class Relay:
         with open(tokens, "w") as f:
             f.writelines(f"{environment_id} {TOKEN}\n" for environment_id in environment_ids)
         self.rendezvous = subprocess.Popen(
-            [*_TWISTD, "execserver-rendezvous", "--tokens", tokens,
+            [*_twistd(os.path.join(self.home, "rendezvous.log")), "execserver-rendezvous",
+             "--tokens", tokens,
              "--listen", "tcp:0:interface=127.0.0.1"],
             env=_environment(self.home), cwd=self.home, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL)
@@ -65,7 +72,8 @@ class Relay:
         if kind == "reference":
             argv = [common.reference_binary(), "exec-server", *remote]
         else:
-            argv = [*_TWISTD, "execserver-remote", *remote]
+            argv = [*_twistd(os.path.join(self.home, f"{environment_id}.log")),
+                    "execserver-remote", *remote]
         executor = subprocess.Popen(argv, env=_environment(self.home), cwd=self.home,
                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
@@ -91,3 +99,4 @@ class Relay:
         for process in (*self.executors.values(), self.rendezvous):
             process.terminate()
             process.wait(10)
+        shutil.rmtree(self.home, ignore_errors=True)
