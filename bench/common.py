@@ -76,6 +76,22 @@ class Server:
                 total += int(f.read().split()[0])
         return total / 1e9
 
+    def _status(self, field: str) -> int:
+        with open(f"/proc/{self.popen.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no {field} in /proc/{self.popen.pid}/status")
+
+    def rss_bytes(self) -> int:
+        return self._status("VmRSS")
+
+    def peak_rss_bytes(self) -> int:
+        """
+        The largest RSS the server has had since it started.
+        """
+        return self._status("VmHWM")
+
     def stop(self) -> None:
         self.popen.terminate()
         self.popen.wait(10)
@@ -188,6 +204,13 @@ def run(main) -> None:
     if "error" in result:
         sys.exit(1)
     print(result["text"])
+
+
+def load_line() -> str:
+    """
+    The machine's load average, to print beside the numbers (the machine is shared).
+    """
+    return "load average at the end: " + " ".join(f"{load:.2f}" for load in os.getloadavg())
 
 
 def now() -> float:
