@@ -1,11 +1,12 @@
 """
 Client benchmark: `execserver-client exec` of a command printing 64 MiB
-against the raw benchmark client (bench/common.py), both on our server, in
-one run.
+against the raw benchmark client (bench/raw.py), both on our server, in
+one run, with the machine's floor (bench/floor.py).
 
-* raw: the lean JSON-RPC client of bench/common.py counts the decoded bytes
-  of every process/output notification, from process/start to
-  process/closed (as bench_core.py's throughput).
+* raw: the raw client of bench/raw.py counts the decoded bytes of every
+  process/output notification, from process/start to process/closed (as
+  bench_core.py's throughput); the lean JSON client of bench/common.py is
+  measured the same way and reported beside it.
 * cli: `python -m execserver.client.cli exec -- head -c N /dev/zero` with its
   stdout on /dev/null. "streaming" is its wall time minus that of
   `exec -- true` in the same round (interpreter start, connect and
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet import protocol, reactor  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
 
-from bench import bench_core, common  # noqa: E402
+from bench import bench_core, common, floor  # noqa: E402
 
 
 class _Run(protocol.ProcessProtocol):
@@ -77,12 +78,14 @@ async def cli_throughput(url: str, mib: int) -> tuple[float, float]:
 
 
 async def main(args) -> str:
+    machine = await floor.measure()
     server = common.Server("ours")
     try:
-        raw, streaming, end_to_end = [], [], []
-        await bench_core.throughput(server, 8)  # warm up
+        raw, json_client, streaming, end_to_end = [], [], [], []
+        await bench_core.raw_throughput(server, 8)  # warm up
         for _ in range(args.rounds):
-            raw.append((await bench_core.throughput(server, args.mib))[0])
+            raw.append((await bench_core.raw_throughput(server, args.mib))[0])
+            json_client.append((await bench_core.throughput(server, args.mib))[0])
             rate, whole = await cli_throughput(server.url, args.mib)
             streaming.append(rate)
             end_to_end.append(whole)
@@ -94,13 +97,16 @@ async def main(args) -> str:
                    common.median(streaming), "≥ 0.9x", "higher"),
         common.Row(f"exec end to end, {args.mib} MiB", "MiB/s", raw_rate,
                    common.median(end_to_end), "reported", "higher"),
+        common.Row(f"JSON client (bench/common.py), {args.mib} MiB", "MiB/s", raw_rate,
+                   common.median(json_client), "reported", "higher"),
     ]
     table = common.report("Client benchmark (bench/bench_client.py), on our server", rows,
                           columns=("raw client", "exec"))
     detail = (f"\nraw MiB/s per round: {', '.join(f'{r:.1f}' for r in raw)}"
+              f"\nJSON client MiB/s per round: {', '.join(f'{r:.1f}' for r in json_client)}"
               f"\ncli streaming MiB/s per round: {', '.join(f'{r:.1f}' for r in streaming)}"
               f"\ncli end-to-end MiB/s per round: {', '.join(f'{r:.1f}' for r in end_to_end)}")
-    return table + detail
+    return floor.appended(table + detail, machine)
 
 
 if __name__ == "__main__":

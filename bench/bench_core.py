@@ -264,8 +264,7 @@ async def main(args) -> str:
         Row("RSS per finished process retained", "KiB", ref["finished"], ours["finished"],
             "ours ≤ 2", "lower"),
     ]
-    return "\n".join([common.report("Core benchmark (bench/bench_core.py)", rows), "",
-                      *floor.rows(machine), common.load_line()])
+    return floor.appended(common.report("Core benchmark (bench/bench_core.py)", rows), machine)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet import reactor  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
-from bench import common, remote  # noqa: E402
+from bench import common, floor, remote  # noqa: E402
 from execserver.client import ExecServerClient, WebSocketConnector  # noqa: E402
 from execserver.client.process import IProcessReceiver  # noqa: E402
 
@@ -104,6 +104,7 @@ def medians(results: list[dict]) -> dict:
 
 
 async def main(args) -> str:
+    machine = await floor.measure()
     local = common.Server("reference")
     relay = remote.Relay([ENVIRONMENT_ID])
     executor = relay.add_executor("reference", ENVIRONMENT_ID)
@@ -139,8 +140,8 @@ async def main(args) -> str:
     ]
     table = common.report("Relay benchmark (bench/bench_relay.py): our harness, reference executor",
                           rows, columns=("local WebSocket", "relay"))
-    return (table + f"\n\nrendezvous CPU per MiB: {relay['rendezvous_cpu']:.3g} ms/MiB "
-            f"(medians of {args.transfers} transfers)")
+    return floor.appended(table + f"\n\nrendezvous CPU per MiB: {relay['rendezvous_cpu']:.3g} ms/MiB "
+                          f"(medians of {args.transfers} transfers)", machine)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet import defer  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
-from bench import common, remote  # noqa: E402
+from bench import common, floor, remote  # noqa: E402
 from execserver.client import ExecServerClient  # noqa: E402
 from execserver.client.process import IProcessReceiver  # noqa: E402
 
@@ -126,6 +126,7 @@ async def concurrency(relay: remote.Relay, environment_id: str, streams: int,
 
 
 async def main(args) -> str:
+    machine = await floor.measure()
     relay = remote.Relay(list(KINDS))
     executors = {kind: relay.add_executor(kind, kind) for kind in KINDS}
     try:
@@ -158,9 +159,9 @@ async def main(args) -> str:
         common.Row("rendezvous CPU per MiB relayed", "ms/MiB", ref["rendezvous_cpu"],
                    ours["rendezvous_cpu"], "reported", "lower"),
     ]
-    return common.report(
+    return floor.appended(common.report(
         "Remote executor benchmark (bench/bench_remote.py): same harness and rendezvous, "
-        f"medians of {args.transfers} transfers", rows)
+        f"medians of {args.transfers} transfers", rows), machine)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet import defer  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
 
-from bench import common  # noqa: E402
+from bench import common, floor  # noqa: E402
 
 
 def workspace_write(directory: str) -> dict:
@@ -99,6 +99,7 @@ async def concurrency(url: str, connections: int, seconds: float, params: dict) 
 
 
 async def main(args) -> str:
+    machine = await floor.measure()
     directory = os.path.realpath(tempfile.mkdtemp(prefix="execserver-bench-sandbox-", dir="/var/tmp"))
     params = {"argv": ["/bin/true"], "cwd": "file://" + directory, "env": {}, "tty": False,
               "sandbox": workspace_write(directory)}
@@ -126,7 +127,7 @@ async def main(args) -> str:
         common.Row("sandboxed fs/writeFile p50", "ms", ref["write p50"], ours["write p50"], "-", "lower"),
         common.Row("sandboxed fs/writeFile p90", "ms", ref["write p90"], ours["write p90"], "-", "lower"),
     ]
-    return common.report("Sandbox benchmark (bench/bench_sandbox.py)", rows)
+    return floor.appended(common.report("Sandbox benchmark (bench/bench_sandbox.py)", rows), machine)
 
 
 if __name__ == "__main__":

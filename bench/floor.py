@@ -129,6 +129,13 @@ def rows(floor: dict) -> list[str]:
     ]
 
 
+def appended(table: str, floor: dict) -> str:
+    """
+    A benchmark's table followed by the floor and the load of its run.
+    """
+    return "\n".join([table, "", *rows(floor), common.load_line()])
+
+
 def _serve_echo() -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
