@@ -30,8 +30,6 @@ from twisted.internet import protocol, reactor  # noqa: E402
 
 from bench import common, raw  # noqa: E402
 
-#: Linux's F_SETPIPE_SZ (not in the fcntl module before Python 3.10 on all builds).
-F_SETPIPE_SZ = 1031
 PIPE_BYTES = 1024 * 1024
 
 
@@ -58,7 +56,7 @@ def pipe_rate(mib: int) -> float:
     MiB/s read from a child writing C{mib} MiB into a pipe.
     """
     read_end, write_end = os.pipe()
-    fcntl.fcntl(read_end, F_SETPIPE_SZ, PIPE_BYTES)
+    fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     started = time.perf_counter()
     child = subprocess.Popen(["head", "-c", str(mib * 1024 * 1024), "/dev/zero"],
                              stdout=write_end)

@@ -29,8 +29,23 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.python.failure import Failure
 
-#: Bytes asked for per read of a child's output.
-READ_SIZE = 64 * 1024
+#: Bytes asked for per read of a child's output. Each read becomes one
+#: process/output notification: near 128 KiB of base64, a message is still
+#: cheap for every client to frame and parse.
+READ_SIZE = 96 * 1024
+
+#: What one wake-up of a reader takes at most, in reads of L{READ_SIZE}: a
+#: fast writer then costs one pass of the reactor per batch, not per read.
+READ_BATCH_BYTES = 1024 * 1024
+
+#: Linux's default pipe buffer: a read this large found the pipe full.
+DEFAULT_PIPE_BYTES = 64 * 1024
+
+#: The kernel buffer a pipe gets once its child has filled the default one
+#: (F_SETPIPE_SZ): the writer keeps going while we are busy elsewhere, and
+#: each wake-up finds a batch. Only busy writers get it, since every user's
+#: pipe buffers count against a limit.
+BUSY_PIPE_BYTES = 1024 * 1024
 
 #: Window size of a new PTY, as the reference sets it.
 PTY_ROWS = 24
@@ -141,6 +156,9 @@ class _OutputReader(abstract.FileDescriptor):
     Reads one output stream of a child until EOF.
     """
 
+    #: Whether the descriptor is a pipe that may be given L{BUSY_PIPE_BYTES}.
+    grows = True
+
     def __init__(self, reactor, fd: int, stream: str, child: "Child") -> None:
         super().__init__(reactor)
         self.connected = 1
@@ -155,20 +173,29 @@ class _OutputReader(abstract.FileDescriptor):
         return self.fd
 
     def doRead(self):
-        try:
-            data = os.read(self.fd, READ_SIZE)
-        except BlockingIOError:
-            return None
-        except OSError as e:
-            self.over = True
-            # A PTY master reports EIO once every slave side is closed.
-            if e.errno == errno.EIO:
+        budget = READ_BATCH_BYTES
+        while budget > 0:
+            try:
+                data = os.read(self.fd, READ_SIZE)
+            except BlockingIOError:
+                return None
+            except OSError as e:
+                self.over = True
+                # A PTY master reports EIO once every slave side is closed.
+                if e.errno == errno.EIO:
+                    return main.CONNECTION_DONE
+                return e
+            if not data:
+                self.over = True
                 return main.CONNECTION_DONE
-            return e
-        if not data:
-            self.over = True
-            return main.CONNECTION_DONE
-        self.child.handler.childOutput(self.stream, data)
+            self.child.handler.childOutput(self.stream, data)
+            if len(data) < DEFAULT_PIPE_BYTES or self.fd < 0 or self.child._paused:
+                # Drained (or ended, or paused by what we delivered).
+                return None
+            if self.grows:
+                self.grows = False
+                _grow_pipe(self.fd)
+            budget -= len(data)
         return None
 
     def drain(self) -> bool:
@@ -199,6 +226,15 @@ class _OutputReader(abstract.FileDescriptor):
             return
         self.over = True
         self.child._readerLost(self)
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, BUSY_PIPE_BYTES)
+    except OSError:
+        # Over the user's limit of pipe buffers (or above the system's
+        # largest pipe): the default buffer still works.
+        pass
 
 
 def _close_later(reactor, fd: int, then=None) -> None:
@@ -302,6 +338,8 @@ class _PtyMaster(_OutputReader):
     """
     The master side of a PTY carries output and input on one descriptor.
     """
+
+    grows = False
 
     def writeSomeData(self, data: bytes):
         return _write_some(self.fd, data)

@@ -3,11 +3,13 @@ Children on the reactor stay correct when the reactor misleads them: an
 event meant for an earlier holder of a descriptor number (the number was
 freed and taken again within one poll batch) must neither end a stream nor
 lose or invent an exit, and stopping the server must finish even when a
-child's exit is never observed.
+child's exit is never observed. A busy writer's output is read in bounded
+chunks from a pipe grown for it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 from twisted.internet import main, reactor, task
@@ -16,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from execserver.session import SHUTDOWN_REAP_SECONDS
-from execserver.spawn import Child, ChildSpec
+from execserver.spawn import BUSY_PIPE_BYTES, READ_SIZE, Child, ChildSpec
 from tests import support
 
 
@@ -155,6 +157,52 @@ class SpuriousLossTests(unittest.TestCase):
         self.assertEqual(await support.with_timeout(handler.exited), 0)
         await support.with_timeout(handler.all_ended)
         self.assertEqual(handler.output, [("stdout", b"12\n")])
+
+
+class PipeSizes(Recorder):
+    """
+    Also notes the size of the stdout pipe each time output arrives.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.child: Child | None = None
+        self.sizes: set[int] = set()
+
+    def childOutput(self, stream: str, data: bytes) -> None:
+        super().childOutput(stream, data)
+        stdout = self.child.readers[0]
+        if stdout.fd >= 0:
+            self.sizes.add(fcntl.fcntl(stdout.fd, fcntl.F_GETPIPE_SZ))
+
+
+class BusyWriterTests(unittest.TestCase):
+    async def run_child(self, script: str) -> tuple[PipeSizes, int]:
+        """
+        Run C{script} to its end; its handler and its stdout pipe's size at
+        the start.
+        """
+        handler = PipeSizes()
+        spec = ChildSpec(executable="/bin/sh", argv=["/bin/sh", "-c", script], cwd="/",
+                         env={"PATH": "/usr/bin:/bin"}, tty=False, pipe_stdin=False)
+        handler.child = child = Child(reactor, spec, handler)
+        child.start()
+        initial = fcntl.fcntl(child.readers[0].fd, fcntl.F_GETPIPE_SZ)
+        await support.with_timeout(child.finished)
+        return handler, initial
+
+    async def test_a_busy_writer_gets_a_larger_pipe_and_bounded_chunks(self):
+        total = 8 * 1024 * 1024
+        handler, initial = await self.run_child(f"head -c {total} /dev/zero")
+        self.assertLess(initial, BUSY_PIPE_BYTES)
+        self.assertIn(BUSY_PIPE_BYTES, handler.sizes)
+        self.assertEqual(sum(len(data) for _, data in handler.output), total)
+        self.assertLessEqual(max(len(data) for _, data in handler.output), READ_SIZE)
+
+    async def test_a_quiet_writer_keeps_the_default_pipe(self):
+        handler, initial = await self.run_child("echo quiet")
+        self.assertEqual(handler.output, [("stdout", b"quiet\n")])
+        self.assertEqual(handler.sizes, {initial})
 
 
 class ShutdownTests(unittest.TestCase):
