@@ -168,16 +168,17 @@ class WriteIds:
             self._ids.popitem(last=False)
 
 
-def _output_notification(process_id_json: bytes, seq: int, stream: str, data: bytes) -> bytes:
+def _output_notification(process_id_json: bytes, seq: int, stream: str,
+                         data: bytes) -> tuple[bytes, bytes, bytes]:
     # The hot path of streaming: base64 needs no JSON escaping, so the
-    # message is assembled without re-scanning the payload.
-    return b"".join((
-        b'{"method":"process/output","params":{"processId":',
-        process_id_json,
-        b',"seq":%d,"stream":"%s","chunk":"' % (seq, stream.encode("ascii")),
+    # message is assembled without re-scanning the payload, and its parts
+    # go to the transport unjoined (the WebSocket sends them vectored).
+    return (
+        b'{"method":"process/output","params":{"processId":%s,"seq":%d,"stream":"%s","chunk":"'
+        % (process_id_json, seq, stream.encode("ascii")),
         pybase64.b64encode(data),
         b'"}}',
-    ))
+    )
 
 
 class ManagedProcess:

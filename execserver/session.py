@@ -40,7 +40,7 @@ class Attachment(Protocol):
     What a session needs of the connection it is attached to.
     """
 
-    def sendMessage(self, data: bytes) -> None: ...
+    def sendMessage(self, data: bytes | tuple[bytes, ...]) -> None: ...
 
 
 class Session:
@@ -56,7 +56,7 @@ class Session:
         self._expiry: IDelayedCall | None = None
         self._catch_up: IDelayedCall | None = None
 
-    def deliver(self, message: bytes) -> None:
+    def deliver(self, message: bytes | tuple[bytes, ...]) -> None:
         """
         Send a notification if a connection is attached; drop it otherwise
         (it stays readable through C{process/read}).

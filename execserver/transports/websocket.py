@@ -34,7 +34,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
-from twisted.internet import endpoints
+from twisted.internet import endpoints, tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.failure import Failure
@@ -51,6 +51,10 @@ SEND_BUFFER_BYTES = 128 * 1024
 #: The reference's limits (tungstenite's defaults).
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Messages at least this large are handed to the kernel as they are, in one
+#: vectored send, when nothing is queued ahead of them: joined into
+#: Twisted's buffer first, each byte would be copied once more.
+VECTORED_SEND_BYTES = 32 * 1024
 #: The Close frame of a server that stops (RFC 6455's "going away").
 GOING_AWAY = 1001
 GOING_AWAY_REASON = "server shutting down"
@@ -89,7 +93,9 @@ class MessageTransport:
             # the payload, and no size limit (the reference sends answers of
             # hundreds of MiB; its limits are for what it receives).
             length = sum(len(part) for part in parts)
-            protocol.transport.writeSequence((_text_frame_header(length), *parts))
+            parts = (_text_frame_header(length), *parts)
+            if length < VECTORED_SEND_BYTES or not _send_vectored(protocol.transport, parts):
+                protocol.transport.writeSequence(parts)
         else:
             protocol.sendMessage(b"".join(parts), isBinary=False)
 
@@ -115,6 +121,37 @@ class MessageTransport:
 
     def stopProducing(self) -> None:
         self.abortConnection()
+
+
+def _send_vectored(transport, parts: tuple[bytes, ...]) -> bool:
+    """
+    Send C{parts} on a plain TCP connection whose write buffer is empty
+    with one C{sendmsg}, queueing what the kernel did not take as one
+    buffer. False, having done nothing, when anything is queued (order
+    matters), under TLS, or when the send fails (Twisted then meets the
+    error itself and ends the connection its own way).
+    """
+    if (type(transport) is not tcp.Server or transport.TLS or not transport.connected
+            or transport.disconnecting or transport._tempDataBuffer
+            or len(transport.dataBuffer) != transport.offset):
+        return False
+    try:
+        sent = transport.socket.sendmsg(parts)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        return False
+    rest = []
+    for part in parts:
+        if sent >= len(part):
+            sent -= len(part)
+        else:
+            rest.append(memoryview(part)[sent:] if sent else part)
+            sent = 0
+    if rest:
+        # One buffer: Twisted sends a lone buffer without copying it again.
+        transport.write(b"".join(rest))
+    return True
 
 
 def _text_frame_header(length: int) -> bytes:

@@ -1,0 +1,89 @@
+"""
+Large WebSocket messages go to the kernel in one vectored send when nothing
+is queued ahead of them; what the kernel does not take is queued in order.
+Over real loopback TCP connections.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import protocol, reactor
+from twisted.internet.defer import Deferred
+from twisted.trial import unittest
+
+from execserver.transports.websocket import _send_vectored
+from tests import support
+
+
+class Collector(protocol.Protocol):
+    """
+    Keeps what it receives; C{until(n)} fires once n bytes have come.
+    """
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self._wanted: tuple[int, Deferred] | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        self._check()
+
+    def until(self, length: int) -> Deferred:
+        self._wanted = (length, Deferred())
+        waiter = self._wanted[1]
+        self._check()
+        return waiter
+
+    def _check(self) -> None:
+        if self._wanted is not None and len(self.received) >= self._wanted[0]:
+            waiter, self._wanted = self._wanted[1], None
+            waiter.callback(bytes(self.received))
+
+
+class VectoredSendTests(unittest.TestCase):
+    async def connected(self):
+        """
+        The server side's transport of a loopback connection, and the
+        client's collector.
+        """
+        accepted = Deferred()
+        factory = protocol.Factory.forProtocol(protocol.Protocol)
+        factory.buildProtocol = lambda addr: _Accepted(accepted)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = Collector()
+        await protocol.ClientCreator(reactor, lambda: client).connectTCP(
+            "127.0.0.1", port.getHost().port)
+        self.addCleanup(client.transport.loseConnection)
+        server = await support.with_timeout(accepted)
+        self.addCleanup(server.transport.loseConnection)
+        return server.transport, client
+
+    async def test_a_message_larger_than_the_socket_buffer_arrives_whole_and_in_order(self):
+        transport, client = await self.connected()
+        big = os.urandom(8 * 1024 * 1024)
+        self.assertTrue(_send_vectored(transport, (b"head", big, b"tail")))
+        # The kernel cannot have taken 8 MiB at once: the rest is queued,
+        # and a later write comes after it.
+        self.assertTrue(transport._tempDataBuffer or transport.dataBuffer)
+        transport.write(b"after")
+        expected = b"head" + big + b"tail" + b"after"
+        received = await support.with_timeout(client.until(len(expected)))
+        self.assertEqual(received, expected)
+
+    async def test_nothing_is_sent_ahead_of_queued_bytes(self):
+        transport, client = await self.connected()
+        transport.write(b"first")
+        self.assertFalse(_send_vectored(transport, (b"second",)))
+        transport.writeSequence((b"second",))
+        received = await support.with_timeout(client.until(len(b"firstsecond")))
+        self.assertEqual(received, b"firstsecond")
+
+
+class _Accepted(protocol.Protocol):
+    def __init__(self, accepted: Deferred) -> None:
+        self.accepted = accepted
+
+    def connectionMade(self) -> None:
+        self.accepted.callback(self)
