@@ -179,7 +179,8 @@ class Sequencer:
     One process's events in sequence order, each let through once (the gap
     rule is in the module docstring).
 
-    Events are tuples: C{(OUTPUT, stream, base64_chunk)},
+    Events are tuples: C{(OUTPUT, stream, base64_chunk)} (a str, or bytes or
+    a memoryview of them),
     C{(EXITED, exit_code, sandbox_denied)}, C{(CLOSED,)}.
 
     @ivar delivered: every event up to this number has been let through.

@@ -14,6 +14,7 @@ L{execserver.rpc.parse} are not needed to read them.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail
@@ -68,6 +69,10 @@ class RpcConnection:
 
     def messageReceived(self, data: bytes) -> None:
         if self.lost:
+            return
+        output = _output_params(data)
+        if output is not None:
+            self._on_notification(self, "process/output", output)
             return
         try:
             message = rpc.classify(json.loads(data))
@@ -159,3 +164,35 @@ class RpcConnection:
                 self.transport.resumeProducing()
             else:
                 self.transport.pauseProducing()
+
+
+#: How every server we know sends process/output, up to the chunk. A message
+#: of exactly this shape is read without parsing its chunk (nearly all of
+#: it) as JSON; anything else takes the full parse.
+_OUTPUT_HEAD = re.compile(
+    rb'\{"method":"process/output","params":\{"processId":"([^"\\\x00-\x1f]*)",'
+    rb'"seq":(0|[1-9][0-9]{0,18}),"stream":"(stdout|stderr|pty)","chunk":"')
+_OUTPUT_TAIL = b'"}}'
+
+
+def _output_params(data: bytes) -> dict[str, Any] | None:
+    """
+    The params of a process/output notification of the usual shape, its
+    chunk still base64 (a view of C{data}); None for any other message.
+    """
+    if not isinstance(data, bytes):
+        # The stdio transport hands over text.
+        return None
+    match = _OUTPUT_HEAD.match(data)
+    if match is None or not data.endswith(_OUTPUT_TAIL):
+        return None
+    start, end = match.end(), len(data) - len(_OUTPUT_TAIL)
+    # A quote would end the string early; an escape would need decoding.
+    if data.find(b'"', start, end) >= 0 or data.find(b"\\", start, end) >= 0:
+        return None
+    try:
+        process_id = match.group(1).decode()
+    except UnicodeDecodeError:
+        return None
+    return {"processId": process_id, "seq": int(match.group(2)),
+            "stream": match.group(3).decode(), "chunk": memoryview(data)[start:end]}
