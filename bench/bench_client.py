@@ -1,5 +1,5 @@
 """
-Client benchmark: `execserver-client exec` of a command printing 64 MiB
+Client benchmark: `execserver-client exec` of a command printing 256 MiB
 against the raw benchmark client (bench/raw.py), both on our server, in
 one run, with the machine's floor (bench/floor.py).
 
@@ -8,9 +8,9 @@ one run, with the machine's floor (bench/floor.py).
   bench_core.py's throughput); the lean JSON client of bench/common.py is
   measured the same way and reported beside it.
 * cli: `python -m execserver.client.cli exec -- head -c N /dev/zero` with its
-  stdout on /dev/null. "streaming" is its wall time minus that of
-  `exec -- true` in the same round (interpreter start, connect and
-  handshake); "end to end" is the whole wall time.
+  stdout on /dev/null. "streaming" is its wall time minus the median of
+  three runs of `exec -- true` in the same round (interpreter start,
+  connect and handshake); "end to end" is the whole wall time.
 
 Rounds alternate between the two so both see the same machine; the median
 of each is reported.
@@ -72,7 +72,7 @@ async def cli_throughput(url: str, mib: int) -> tuple[float, float]:
         a run of C{true} costs (interpreter start, connect, handshake), as
         the raw client's figure leaves out its connection.
     """
-    baseline = await run_cli(url, ["true"])
+    baseline = common.median([await run_cli(url, ["true"]) for _ in range(3)])
     whole = await run_cli(url, ["head", "-c", str(mib * 1024 * 1024), "/dev/zero"])
     return mib / (whole - baseline), mib / whole
 
@@ -112,7 +112,7 @@ async def main(args) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mib", type=int, default=64)
+    parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     common.run(lambda: main(args))
