@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+from json.encoder import encode_basestring
 from typing import Any, Callable
 
 import pybase64
@@ -26,7 +27,7 @@ from twisted.python.failure import Failure
 
 from execserver import fshelper, fsops, oserrors
 from execserver import params as P
-from execserver import audit, paths, rpc, sandbox
+from execserver import audit, paths, rpc, sandbox, wirejson
 from execserver.sandbox import runner
 from execserver.sandbox import policy
 from execserver.sandbox.policy import Plan
@@ -403,7 +404,24 @@ def handle_walk(connection: ServerConnection, p: dict) -> Deferred:
         )
     root = _host_path(p["path"])
     plan = _confinement(restrictive, p["sandbox"])
-    return _operation(connection, plan, "walk", p["path"], root, options, where=(root,))
+    return _operation(connection, plan, "walk", p["path"], root, options,
+                      where=(root,)).addCallback(walk_json)
+
+
+#: The end of a walk entry's JSON, for each kind.
+_WALK_KINDS = {"file": ',"kind":"file"}', "directory": ',"kind":"directory"}'}
+
+
+def walk_json(result: dict) -> rpc.RawJson:
+    """
+    An fs/walk result serialized as L{wirejson.dumps} would, about four
+    times faster: its entries (tens of thousands) all have one shape.
+    """
+    entries = ",".join(['{"path":' + encode_basestring(entry["path"]) + _WALK_KINDS[entry["kind"]]
+                        for entry in result["entries"]])
+    return rpc.RawJson(b'{"entries":[', entries.encode("utf-8"), b'],"errors":',
+                       wirejson.dumps(result["errors"]), b',"truncated":',
+                       wirejson.dumps(result["truncated"]), b"}")
 
 
 def handle_open(connection: ServerConnection, p: dict) -> Deferred:

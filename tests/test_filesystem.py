@@ -10,7 +10,7 @@ import os
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from execserver import paths
+from execserver import filesystem, paths, wirejson
 from tests.support import attach, build_exec_server, handshake, send
 
 #: 256 bytes, 0 to 255.
@@ -841,3 +841,19 @@ class ResponsivenessTests(unittest.TestCase):
         # The reader's request went out first; by the third answer on the
         # other connection the read was certainly under way.
         self.assertGreaterEqual(answered_during_the_read, 3)
+
+
+class WalkJsonTests(unittest.TestCase):
+    def test_a_walk_result_serializes_as_the_generic_encoder_would(self):
+        result = {
+            "entries": [
+                {"path": "file:///a/plain", "kind": "file"},
+                {"path": 'file:///a/"quoted"\\back\u00e9\u2028\x01', "kind": "directory"},
+            ],
+            "errors": [{"path": "file:///a/x", "message": "Permission denied (os error 13)"}],
+            "truncated": True,
+        }
+        raw = filesystem.walk_json(result)
+        self.assertEqual(b"".join(raw.parts), wirejson.dumps(result))
+        empty = {"entries": [], "errors": [], "truncated": False}
+        self.assertEqual(b"".join(filesystem.walk_json(empty).parts), wirejson.dumps(empty))
