@@ -60,7 +60,7 @@ async def raw_exec_true(client: raw.RawClient, process_id: str) -> None:
     """
     closed = Deferred()
     client.on_notification = lambda method, _: closed.callback(None) if method == "process/closed" else None
-    await client.call("process/start", {"processId": process_id, **TRUE})
+    await client.call_result("process/start", {"processId": process_id, **TRUE})
     await closed
 
 
@@ -128,7 +128,7 @@ async def raw_stream(client: raw.RawClient, process_id: str, total: int) -> None
 
     client.on_output = on_output
     client.on_notification = lambda method, _: closed.callback(None) if method == "process/closed" else None
-    await client.call("process/start", _stream_params(process_id, total))
+    await client.call_result("process/start", _stream_params(process_id, total))
     await closed
     if received != total:
         raise RuntimeError(f"{process_id}: received {received} of {total} bytes")
