@@ -196,7 +196,6 @@ class ManagedProcess:
         self.write_ids = WriteIds()
         self.child = Child(session.reactor, spec, self)
         self._waiters: list[Deferred] = []
-        self._eviction = None
         self._reading = True
         #: Set by process/terminate: stdin is gone for good.
         self.terminated = False
@@ -274,9 +273,7 @@ class ManagedProcess:
         """
         if not self.log.closed and self.log.exited and not self.child.readers:
             seq = self.log.record_close()
-            self._eviction = self.session.clock.callLater(
-                CLOSED_RETENTION_SECONDS, self.session.evict_process, self
-            )
+            self.session.retain_closed(self)
             self.session.deliver(rpc.encode_notification(
                 "process/closed", {"processId": self.process_id, "seq": seq}
             ))
@@ -380,8 +377,6 @@ class ManagedProcess:
 
         @return: fires once the child has been reaped and its streams have ended.
         """
-        if self._eviction is not None and self._eviction.active():
-            self._eviction.cancel()
         if self.running:
             self.child.kill()
         waiters, self._waiters = self._waiters, []

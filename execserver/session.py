@@ -14,6 +14,7 @@ gives; we follow the binary (docs/reference/process.md §7).
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -21,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from execserver import audit, rpc
-from execserver.process import CATCH_UP_SECONDS, ManagedProcess
+from execserver.process import CATCH_UP_SECONDS, CLOSED_RETENTION_SECONDS, ManagedProcess
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -55,6 +56,11 @@ class Session:
         self.deadline: float | None = None
         self._expiry: IDelayedCall | None = None
         self._catch_up: IDelayedCall | None = None
+        #: Closed processes still readable, with when each goes, oldest
+        #: first (the retention is the same for all, so the deadlines come
+        #: in order); one timer, for the oldest.
+        self._closed: deque[tuple[float, ManagedProcess]] = deque()
+        self._eviction: IDelayedCall | None = None
 
     def deliver(self, message: bytes | tuple[bytes, ...]) -> None:
         """
@@ -112,7 +118,29 @@ class Session:
             self._expiry.cancel()
         self._expiry = None
         self._cancel_catch_up()
+        if self._eviction is not None and self._eviction.active():
+            self._eviction.cancel()
+        self._eviction = None
+        self._closed.clear()
         return [process.discard() for process in processes.values()]
+
+    def retain_closed(self, process: ManagedProcess) -> None:
+        """
+        Keep a closed process readable for L{CLOSED_RETENTION_SECONDS}, then
+        free its id.
+        """
+        self._closed.append((self.clock.seconds() + CLOSED_RETENTION_SECONDS, process))
+        if self._eviction is None:
+            self._eviction = self.clock.callLater(CLOSED_RETENTION_SECONDS, self._evict_closed)
+
+    def _evict_closed(self) -> None:
+        self._eviction = None
+        now = self.clock.seconds()
+        closed = self._closed
+        while closed and closed[0][0] <= now:
+            self.evict_process(closed.popleft()[1])
+        if closed:
+            self._eviction = self.clock.callLater(closed[0][0] - now, self._evict_closed)
 
     def evict_process(self, process: ManagedProcess) -> None:
         if self.processes.get(process.process_id) is process:

@@ -142,6 +142,21 @@ class LifecycleTests(ProcessTestCase):
         self.assertEqual(reply["error"], {"code": -32600, "message": "unknown process id p"})
         await self.run_process("p", ["/bin/true"])
 
+    async def test_each_closed_process_is_evicted_at_its_own_time_by_one_timer(self):
+        await self.run_process("a", ["/bin/true"])
+        self.clock.advance(30)
+        await self.run_process("b", ["/bin/true"])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(CLOSED_RETENTION_SECONDS - 30)
+        reply = await self.call("process/read", {"processId": "a"})
+        self.assertEqual(reply["error"], {"code": -32600, "message": "unknown process id a"})
+        reply = await self.call("process/read", {"processId": "b"})
+        self.assertTrue(reply["result"]["closed"])
+        self.clock.advance(30)
+        reply = await self.call("process/read", {"processId": "b"})
+        self.assertEqual(reply["error"], {"code": -32600, "message": "unknown process id b"})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
 
 class StdinTests(ProcessTestCase):
     async def test_without_pipe_stdin_writes_report_stdin_closed(self):
