@@ -156,13 +156,19 @@ class WriteIds:
     The last L{REMEMBERED_WRITE_IDS} accepted write ids, oldest forgotten first.
     """
 
+    __slots__ = ("_ids",)
+
     def __init__(self) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        # Made at the first write: most processes never get one, and a
+        # closed process is kept for 80 s.
+        self._ids: OrderedDict[str, None] | None = None
 
     def __contains__(self, write_id: str) -> bool:
-        return write_id in self._ids
+        return self._ids is not None and write_id in self._ids
 
     def add(self, write_id: str) -> None:
+        if self._ids is None:
+            self._ids = OrderedDict()
         self._ids[write_id] = None
         if len(self._ids) > REMEMBERED_WRITE_IDS:
             self._ids.popitem(last=False)

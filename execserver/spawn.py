@@ -540,6 +540,8 @@ class Child:
         Stop waiting for a child whose exit was never observed: reap it if it
         is a zombie, and stop watching it.
         """
+        if self.finished.called:
+            return
         if self._watcher.pidfd >= 0:
             self._watcher.stopReading()
             pidfd, self._watcher.pidfd = self._watcher.pidfd, -1
@@ -591,6 +593,10 @@ class Child:
 
     def _maybe_finish(self) -> None:
         if self.exit_code is not None and not self.readers and not self.finished.called:
+            # A finished child stays known for a while (80 s once closed):
+            # it keeps its pid and exit code, not the bulk of how it ran.
+            self.popen = None
+            self._watcher = None
             self.finished.callback(self.exit_code)
 
     def _exited(self) -> None:
