@@ -13,6 +13,13 @@ once the window is full we stop reading the child's output, so the child
 waits on its pipe rather than the reconnecting client losing output (the
 reference drops it). The hold ends when the client has read the process up
 to its newest chunk, or L{CATCH_UP_SECONDS} after the session was resumed.
+
+A client that acknowledges what it has received (our extension, see
+L{execserver.extensions}) loses nothing on any path: its log never evicts
+output that is not acknowledged, whether the session is attached or not,
+and once L{MAX_UNACKNOWLEDGED_BYTES} of such output wait, so does the child.
+What was in flight when a connection dropped (in socket buffers, in a
+relay) is therefore always there to be read again.
 """
 
 from __future__ import annotations
@@ -34,6 +41,12 @@ if TYPE_CHECKING:
 #: The replay window of one process: oldest chunks are dropped beyond these.
 MAX_RETAINED_BYTES = 1024 * 1024
 MAX_RETAINED_CHUNKS = 50_000
+
+#: A client that acknowledges output may have this much of it unacknowledged
+#: before the child waits: room for what is in flight between two
+#: acknowledgements, beyond the replay window that a resumed client reads.
+MAX_UNACKNOWLEDGED_BYTES = 2 * MAX_RETAINED_BYTES
+MAX_UNACKNOWLEDGED_CHUNKS = MAX_RETAINED_CHUNKS
 
 #: A closed process stays readable this long, then its id is free again
 #: (80 s in the reference binary, measured from process/closed).
@@ -59,10 +72,19 @@ class OutputLog:
         #: Chunks from index C{_start} on are retained; the slots before it
         #: are evicted (None) until the lists are compacted.
         self._chunks: list[tuple[int, str, bytes] | None] = []
+        #: How many bytes were recorded before each chunk (parallel to
+        #: C{_chunks}): unacknowledged bytes are a subtraction away.
+        self._offsets: list[int] = []
+        self._recorded_bytes = 0
         self._start = 0
         self._retained_bytes = 0
         #: While set, nothing is evicted (see the module docstring).
         self.holding = False
+        #: Set while the session's client acknowledges output: then only
+        #: events up to C{acknowledged} may be evicted, and L{holding} is
+        #: moot.
+        self.acknowledging = False
+        self.acknowledged = 0
 
     @property
     def exited(self) -> bool:
@@ -74,6 +96,41 @@ class OutputLog:
             self._retained_bytes >= MAX_RETAINED_BYTES
             or len(self._chunks) - self._start >= MAX_RETAINED_CHUNKS
         )
+
+    @property
+    def stalled(self) -> bool:
+        """
+        Whether reading the child must wait: the window is full of output
+        that may not be evicted (held for a client that is away, or not
+        acknowledged by a client that acknowledges).
+        """
+        if not self.acknowledging:
+            return self.holding and self.full
+        index = self._first_unacknowledged()
+        if index == len(self._chunks):
+            return False
+        return (self._recorded_bytes - self._offsets[index] >= MAX_UNACKNOWLEDGED_BYTES
+                or len(self._chunks) - index >= MAX_UNACKNOWLEDGED_CHUNKS)
+
+    def _first_unacknowledged(self) -> int:
+        return max(bisect.bisect_right(self._seqs, self.acknowledged), self._start)
+
+    def set_acknowledging(self, acknowledging: bool) -> None:
+        """
+        Follow the connection that resumed the session: a client that does
+        not acknowledge gets the ordinary replay window.
+        """
+        self.acknowledging = acknowledging
+        self._evict()
+
+    def acknowledge(self, seq: int) -> None:
+        """
+        The client has every event up to C{seq}; they may be evicted.
+        """
+        seq = min(seq, self.next_seq - 1)
+        if seq > self.acknowledged:
+            self.acknowledged = seq
+            self._evict()
 
     @property
     def newest_seq(self) -> int:
@@ -95,6 +152,8 @@ class OutputLog:
         seq = self._take_seq()
         self._seqs.append(seq)
         self._chunks.append((seq, stream, data))
+        self._offsets.append(self._recorded_bytes)
+        self._recorded_bytes += len(data)
         self._retained_bytes += len(data)
         self._evict()
         return seq
@@ -108,10 +167,14 @@ class OutputLog:
         return self._take_seq()
 
     def _evict(self) -> None:
-        if self.holding:
-            return
         chunks = self._chunks
-        while (
+        if self.acknowledging:
+            evictable = self._first_unacknowledged()
+        elif self.holding:
+            return
+        else:
+            evictable = len(chunks)
+        while self._start < evictable and (
             self._retained_bytes > MAX_RETAINED_BYTES
             or len(chunks) - self._start > MAX_RETAINED_CHUNKS
         ):
@@ -123,6 +186,7 @@ class OutputLog:
         if self._start > 1024 and self._start * 2 > len(chunks):
             del chunks[: self._start]
             del self._seqs[: self._start]
+            del self._offsets[: self._start]
             self._start = 0
 
     def retained(self) -> list[tuple[str, bytes]]:
@@ -199,6 +263,7 @@ class ManagedProcess:
         self._process_id_json = wirejson.dumps(process_id)
         self.spec = spec
         self.log = OutputLog()
+        self.log.acknowledging = session.acknowledging
         self.write_ids = WriteIds()
         self.child = Child(session.reactor, spec, self)
         self._waiters: list[Deferred] = []
@@ -227,9 +292,9 @@ class ManagedProcess:
     def update_reading(self) -> None:
         """
         Read the child's output unless the connection is backed up or the
-        held replay window is full.
+        replay window is full of output that may not be evicted.
         """
-        reading = not self.session.paused and not (self.log.holding and self.log.full)
+        reading = not self.session.paused and not self.log.stalled
         if reading != self._reading:
             self._reading = reading
             if reading:
@@ -246,12 +311,20 @@ class ManagedProcess:
             self.log.release()
             self.update_reading()
 
+    def acknowledge(self, seq: int) -> None:
+        self.log.acknowledge(seq)
+        self.update_reading()
+
+    def set_acknowledging(self, acknowledging: bool) -> None:
+        self.log.set_acknowledging(acknowledging)
+        self.update_reading()
+
     # ChildHandler
 
     def childOutput(self, stream: str, data: bytes) -> None:
         seq = self.log.record_output(stream, data)
         self.session.deliver(_output_notification(self._process_id_json, seq, stream, data))
-        if self.log.holding and self.log.full:
+        if self.log.stalled:
             self.update_reading()
         self._wake()
 

@@ -1,5 +1,6 @@
 """
-The C{process/*} methods: start, read, write, signal, terminate.
+The C{process/*} methods: start, read, write, signal, terminate; and our
+extensions C{process/closeStdin} and the C{process/ack} notification.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from twisted.internet.defer import TimeoutError, ensureDeferred
 from execserver import audit, environment, oserrors
 from execserver import params as P
 from execserver import paths, rpc, sandbox, uuids
+from execserver.extensions import ACK_METHOD
 from execserver.process import ManagedProcess
 from execserver.sandbox import runner
 from execserver.sandbox.bridge import ProxyBridge
@@ -107,6 +109,11 @@ TerminateParams = P.Struct("TerminateParams", [
 
 CloseStdinParams = P.Struct("CloseStdinParams", [
     P.Field("processId", P.String()),
+])
+
+AckParams = P.Struct("AckParams", [
+    P.Field("processId", P.String()),
+    P.Field("seq", P.Int("u64")),
 ])
 
 
@@ -312,6 +319,9 @@ def read(connection: ServerConnection, p: dict) -> Any:
     if process is None:
         raise rpc.invalid_request(f"unknown process id {p['processId']}")
     after_seq = p["afterSeq"] or 0
+    if connection.session.acknowledging:
+        # Asking for what follows N says that everything up to N arrived.
+        process.acknowledge(after_seq)
     max_bytes = p["maxBytes"]
     snapshot = process.snapshot(after_seq, max_bytes)
     wait_ms = p["waitMs"] or 0
@@ -353,6 +363,17 @@ def close_stdin(connection: ServerConnection, p: dict) -> dict:
     return {}
 
 
+def ack(connection: ServerConnection, p: dict) -> None:
+    """
+    Our extension: the client has every event of the process up to C{seq},
+    which may now leave the replay window. A process that is gone has
+    nothing left to acknowledge.
+    """
+    process = _process(connection, p["processId"])
+    if process is not None:
+        process.acknowledge(p["seq"])
+
+
 def terminate(connection: ServerConnection, p: dict) -> dict:
     process = _process(connection, p["processId"])
     if process is None:
@@ -368,4 +389,5 @@ METHODS = {
     "process/terminate": Method(FAMILY, TerminateParams, terminate, control=True),
     # In the lane of process/write, so that it follows the writes sent before it.
     "process/closeStdin": Method(FAMILY, CloseStdinParams, close_stdin),
+    ACK_METHOD: Method(FAMILY, AckParams, ack, notification=True),
 }

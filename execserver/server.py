@@ -29,7 +29,9 @@ from execserver import audit
 from execserver import params as P
 from execserver import rpc
 from execserver.interfaces import IMessageProtocol, IMessageTransport
+from execserver.extensions import ACK_FIELD
 from execserver.metrics import Metrics
+from execserver.process import MAX_UNACKNOWLEDGED_BYTES, MAX_UNACKNOWLEDGED_CHUNKS
 from execserver.session import Session, SessionRegistry
 
 log = Logger()
@@ -63,6 +65,9 @@ class Method:
     params: P.Type
     handler: Callable[["ServerConnection", Any], Any]
     control: bool = False
+    #: A notification of our extensions, served only to a client that
+    #: asked for the extension in C{initialize}; never a request.
+    notification: bool = False
 
 
 InitializeParams = P.Struct("InitializeParams", [
@@ -342,14 +347,37 @@ class ServerConnection:
             else:
                 self.initialized = True
             return None
+        if isinstance(message, rpc.Notification) and self._notification(message):
+            return None
         log.info("unexpected {kind} from client; closing the connection",
                  kind=type(message).__name__)
         self.transport.abortConnection()
         return None
 
+    def _notification(self, message: rpc.Notification) -> bool:
+        """
+        Serve a notification of an extension the client asked for.
+
+        @return: whether it was one; any other notification is unexpected.
+        """
+        method = self.server.methods.get(message.method)
+        # The one such extension is output acknowledgement.
+        if (method is None or not method.notification or not self.initialized
+                or not self.session.acknowledging):
+            return False
+        try:
+            method.handler(self, _decode(method.params, message.params))
+        except rpc.RpcError as e:
+            log.info("bad {method} notification ({error}); closing the connection",
+                     method=message.method, error=e.message)
+            self.transport.abortConnection()
+        return True
+
     def _request(self, request: rpc.Request) -> Deferred | None:
         started = self.server.clock.seconds()
         method = self.server.methods.get(request.method)
+        if method is not None and method.notification:
+            method = None
         if request.method == "initialize":
             run = self._initialize
         elif method is None:
@@ -447,10 +475,21 @@ class ServerConnection:
             event = "session.resume"
         audit.record(event, session=self.session.id, connection=self.id)
         self.initialize_requested = True
-        return {
+        # Our extension is an extra member, which the reference ignores;
+        # not a field of the params struct, whose sequence form and
+        # errors stay the reference's.
+        acknowledging = isinstance(params, dict) and params.get(ACK_FIELD) is True
+        self.session.set_acknowledging(acknowledging)
+        result = {
             "sessionId": self.session.id,
             "environmentInfo": self.server.environment_info(),
         }
+        if acknowledging:
+            result[ACK_FIELD] = {
+                "maxUnackedBytes": MAX_UNACKNOWLEDGED_BYTES,
+                "maxUnackedChunks": MAX_UNACKNOWLEDGED_CHUNKS,
+            }
+        return result
 
 
 def _decode(schema: P.Type, params: Any) -> Any:

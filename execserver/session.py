@@ -53,6 +53,9 @@ class Session:
         self.processes: dict[str, ManagedProcess] = {}
         self.connection: Attachment | None = None
         self.paused = False
+        #: Whether the attached client acknowledges output (our extension,
+        #: asked for in each C{initialize}).
+        self.acknowledging = False
         self.deadline: float | None = None
         self._expiry: IDelayedCall | None = None
         self._catch_up: IDelayedCall | None = None
@@ -90,6 +93,11 @@ class Session:
             process.hold()
         self.deadline = self.clock.seconds() + DETACHED_TTL_SECONDS
         self._expiry = self.clock.callLater(DETACHED_TTL_SECONDS, self.expire)
+
+    def set_acknowledging(self, acknowledging: bool) -> None:
+        self.acknowledging = acknowledging
+        for process in list(self.processes.values()):
+            process.set_acknowledging(acknowledging)
 
     def _release_all(self) -> None:
         self._catch_up = None

@@ -9,6 +9,11 @@ then aborts both sides (a TCP reset, as a failing network would), possibly
 in the middle of a WebSocket frame. After a cut the proxy can also refuse
 the next few connection attempts, which makes the outage last a while.
 
+A cut can also play a relay with deep buffers (C{hold}): from the cut point
+on it stops forwarding to the client but goes on reading from the server,
+and breaks the connection once it holds that many bytes, which are lost,
+as they would be in a relay that fails.
+
 Nothing here sleeps or uses timers: the plan is in bytes and in connection
 attempts, so a seed reproduces the same faults.
 """
@@ -46,6 +51,9 @@ class Cut:
     mid_frame: bool = False
     #: How many connection attempts to refuse after this cut.
     refuse_after: int = 0
+    #: Server-to-client only: hold back what follows the cut point, and
+    #: break once this many bytes are held (0: break at the cut point).
+    hold: int = 0
 
 
 @dataclass
@@ -58,6 +66,9 @@ class CutRecord:
     cut: Cut
     at: int
     frame: tuple[int, int] | None = None
+    #: Bytes that the server sent and the client never got: held back by a
+    #: C{hold} cut (the proxy's own socket buffers come on top).
+    held: int = 0
 
 
 class FrameTracker:
@@ -179,6 +190,8 @@ class _ProxiedConnection:
         self.client.direction = UP
         self.server: _Side | None = None
         self.done = False
+        #: Set while a C{hold} cut holds back server-to-client bytes.
+        self.holding: CutRecord | None = None
 
     def start_upstream(self) -> None:
         # Read nothing from the client until it can go somewhere.
@@ -202,6 +215,12 @@ class _ProxiedConnection:
         if self.done:
             return
         direction = side.direction
+        if self.holding is not None:
+            if direction == DOWN:
+                self._hold(data)
+            else:
+                self._deliver(side, data)
+            return
         cut = self.cut
         if cut is not None and cut.direction == direction:
             sent = self.counts[direction]
@@ -213,9 +232,22 @@ class _ProxiedConnection:
                 count = None
             if count is not None:
                 self._deliver(side, data[:count])
-                self._break(cut, sent + count)
+                if cut.hold and direction == DOWN:
+                    frame = self.frames.payload if cut.mid_frame else None
+                    self.holding = CutRecord(cut, sent + count, frame)
+                    self._hold(data[count:])
+                else:
+                    self._break(cut, sent + count)
                 return
         self._deliver(side, data)
+
+    def _hold(self, data: bytes) -> None:
+        record = self.holding
+        record.held += len(data)
+        if record.held >= record.cut.hold:
+            self.proxy.cuts.append(record)
+            self.proxy.refusing += record.cut.refuse_after
+            self.abort()
 
     def _deliver(self, side: _Side, data: bytes) -> None:
         if not data:

@@ -142,16 +142,23 @@ class Attempt:
         """
         self.protocol.connectionLost(Failure(PeerGoingAway(1001, "server shutting down")))
 
-    def handshake(self, resume: str | None = None) -> None:
+    def handshake(self, resume: str | None = None, acks: dict | None = None,
+                  asks_for_acks: bool = True) -> None:
         """
-        Accept, answer initialize, and check the client's side of it.
+        Accept, answer initialize, and check the client's side of it; with
+        C{acks}, offer output acknowledgement with that window.
         """
         self.accept()
         (initialize,) = self.take()
         assert initialize["method"] == "initialize", initialize
-        assert initialize["params"] == {"clientName": "execserver-client",
-                                        "resumeSessionId": resume}, initialize
-        self.reply(initialize, {"sessionId": SESSION, "environmentInfo": ENVIRONMENT})
+        expected = {"clientName": "execserver-client", "resumeSessionId": resume}
+        if asks_for_acks:
+            expected["outputAcks"] = True
+        assert initialize["params"] == expected, initialize
+        result = {"sessionId": SESSION, "environmentInfo": ENVIRONMENT}
+        if acks is not None:
+            result["outputAcks"] = acks
+        self.reply(initialize, result)
         initialized = self.transport.sent[self._read]
         assert initialized == {"method": "initialized", "params": {}}, initialized
         self._read += 1
@@ -213,14 +220,14 @@ class ClientTestCase(unittest.TestCase):
         self.link.reply(request, start_reply(request))
         return self.successResultOf(starting)
 
-    def drop_and_resume(self) -> Attempt:
+    def drop_and_resume(self, acks: dict | None = None) -> Attempt:
         """
         Drop the connection; let the first reconnect attempt resume.
         """
         self.link.drop()
         attempt = self.server.last
         self.assertIsNot(attempt, self.link)
-        attempt.handshake(resume=SESSION)
+        attempt.handshake(resume=SESSION, acks=acks)
         self.link = attempt
         return attempt
 
@@ -390,6 +397,91 @@ class OrderingTests(ClientTestCase):
         self.assertEqual(received, [b"a"])
         handle.resumeProducing()
         self.assertEqual(received, [b"a", b"b"])
+
+
+class AckTests(ClientTestCase):
+    """
+    Output acknowledgement, offered by the server with its window: the
+    client acknowledges every quarter of it (here 100 bytes or 2 events).
+    """
+
+    window = {"maxUnackedBytes": 400, "maxUnackedChunks": 8}
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.server = ScriptedServer()
+        self.client = ExecServerClient(self.server, self.clock)
+        self.client.connect()
+        self.server.last.handshake(acks=self.window)
+        self.link = self.server.last
+
+    def acks(self) -> list:
+        return [m["params"] for m in self.link.take() if m.get("method") == "process/ack"]
+
+    def test_output_is_acknowledged_each_time_a_quarter_of_the_window_arrived(self):
+        self.started()
+        self.link.output("p", 1, b"x" * 60)
+        self.assertEqual(self.acks(), [])
+        self.link.output("p", 2, b"x" * 60)
+        self.assertEqual(self.acks(), [{"processId": "p", "seq": 2}])
+        self.link.output("p", 3, b"x" * 99)
+        self.assertEqual(self.acks(), [])
+        self.link.output("p", 4, b"x")
+        self.assertEqual(self.acks(), [{"processId": "p", "seq": 4}])
+
+    def test_events_count_as_well_as_bytes(self):
+        self.started()
+        self.link.output("p", 1, b"x")
+        self.link.exited("p", 2, 0)
+        self.assertEqual(self.acks(), [{"processId": "p", "seq": 2}])
+
+    def test_only_what_arrived_in_order_is_acknowledged(self):
+        handle = self.started()
+        self.link.output("p", 2, b"x" * 200)
+        (read,) = self.link.take()
+        self.assertEqual(read["method"], "process/read")
+        self.link.output("p", 1, b"x")
+        self.assertEqual(self.acks(), [{"processId": "p", "seq": 2}])
+        self.assertEqual(handle.receiver.output(), b"x" * 201)
+
+    def test_a_paused_receiver_does_not_hold_back_acknowledgements(self):
+        # What arrived is the client's, whether delivered yet or not.
+        handle = self.started()
+        handle.pauseProducing()
+        self.link.output("p", 1, b"x" * 100)
+        self.assertEqual(self.acks(), [{"processId": "p", "seq": 1}])
+        self.assertEqual(handle.receiver.output(), b"")
+
+    def test_the_catch_up_read_counts_as_an_acknowledgement(self):
+        self.started()
+        self.link.output("p", 1, b"x" * 60)
+        link = self.drop_and_resume(acks=self.window)
+        (read,) = link.take()
+        self.assertEqual(read["params"], {"processId": "p", "afterSeq": 1})
+        link.reply(read, read_reply([(2, b"x" * 60)], next_seq=3))
+        self.assertEqual(self.acks(), [], "counted from the read, not from the last ack")
+        link.output("p", 3, b"x" * 40)
+        self.assertEqual(self.acks(), [{"processId": "p", "seq": 3}])
+
+    def test_a_server_that_does_not_offer_it_gets_no_acknowledgements(self):
+        self.link.drop()
+        self.server.last.handshake(resume=SESSION)
+        self.link = self.server.last
+        self.started()
+        for seq in range(1, 20):
+            self.link.output("p", seq, b"x" * 100)
+        self.assertEqual(self.acks(), [])
+
+    def test_a_client_told_not_to_does_not_ask_or_acknowledge(self):
+        server = ScriptedServer()
+        client = ExecServerClient(server, self.clock, acknowledge_output=False)
+        client.connect()
+        server.last.handshake(acks=self.window, asks_for_acks=False)
+        self.link, self.client = server.last, client
+        self.started()
+        for seq in range(1, 20):
+            self.link.output("p", seq, b"x" * 100)
+        self.assertEqual(self.acks(), [])
 
 
 class SequencerTests(unittest.TestCase):

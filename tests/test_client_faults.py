@@ -12,6 +12,11 @@ so a failure names the seed that reproduces it.
 The streams run against our server, which holds a detached session's
 output until it is read, so every outage here is shorter than its
 retention window. Writes alone also run against the reference.
+
+A relay with deep buffers that fails loses more than the server's 1 MiB
+replay window in flight; our client acknowledges output, so the server
+keeps what was not acknowledged and nothing is lost. Without
+acknowledgements (the reference) the loss is reported as L{OutputLost}.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.trial import unittest
 
-from execserver.client import ExecServerClient, RecoveryFailed, WebSocketConnector
+from execserver.client import ExecServerClient, OutputLost, RecoveryFailed, WebSocketConnector
 from execserver.client.process import OutputCollector
 from tests import support
 from tests.faultproxy import DOWN, UP, Cut, FaultProxy, random_plan
@@ -45,23 +50,32 @@ STREAM_SEEDS = range(1, 9)
 WRITE_SEEDS = range(1, 31)
 REFERENCE_WRITE_SEEDS = range(1, 9)
 
-#: A child printing STREAM_BYTES of seeded pseudo-random data, as fast as
-#: it is read.
+#: A child printing argv[2] (default STREAM_BLOCKS) blocks of seeded
+#: pseudo-random data, as fast as it is read.
 GENERATOR = (
     "import random, sys\n"
     "r = random.Random(int(sys.argv[1]))\n"
     "w = sys.stdout.buffer.write\n"
-    f"for _ in range({STREAM_BLOCKS}): w(r.randbytes({STREAM_BLOCK}))\n"
+    f"for _ in range(int(sys.argv[2]) if len(sys.argv) > 2 else {STREAM_BLOCKS}):"
+    f" w(r.randbytes({STREAM_BLOCK}))\n"
 )
+
+#: What a failing deep relay holds when it breaks: more than the server's
+#: 1 MiB replay window (of WebSocket bytes; the server stops a child whose
+#: unacknowledged output reaches the window, which is about 1.2 MiB here).
+DEEP_HOLD = MIB + 64 * 1024
+#: Enough that a server without acknowledgements must drop output.
+DEEPER_HOLD = 3 * MIB
+DEEP_STREAM_BLOCKS = 256
 
 #: Stream output is long; give its end more time than one event.
 STREAM_TIMEOUT = 120.0
 
 
-def expected_digest(seed: int) -> str:
+def expected_digest(seed: int, blocks: int = STREAM_BLOCKS) -> str:
     generator = random.Random(seed)
     digest = hashlib.sha256()
-    for _ in range(STREAM_BLOCKS):
+    for _ in range(blocks):
         digest.update(generator.randbytes(STREAM_BLOCK))
     return digest.hexdigest()
 
@@ -103,8 +117,9 @@ class FaultTestCase(unittest.TestCase):
         self.addCleanup(proxy.stop)
         return proxy
 
-    async def client(self, proxy: FaultProxy) -> ExecServerClient:
-        client = ExecServerClient(WebSocketConnector(reactor, proxy.url), reactor)
+    async def client(self, proxy: FaultProxy, acknowledge_output: bool = True) -> ExecServerClient:
+        client = ExecServerClient(WebSocketConnector(reactor, proxy.url), reactor,
+                                  acknowledge_output=acknowledge_output)
         self.addCleanup(client.close)
         await support.with_timeout(client.connect())
         return client
@@ -209,6 +224,37 @@ class ReferenceWriteFaultTests(FaultTestCase):
 
     for _seed in REFERENCE_WRITE_SEEDS:
         locals()[f"test_writes_only_seed_{_seed}"] = _seeded("writes_only", _seed)
+
+
+class DeepRelayFaultTests(FaultTestCase):
+    """
+    A relay that fails holding more than the replay window.
+    """
+
+    async def deep_stream(self, seed: int, hold: int, acknowledge_output: bool):
+        plan = [Cut(DOWN, offset, hold=hold, mid_frame=index == 1)
+                for index, offset in enumerate((2 * MIB, 6 * MIB, 9 * MIB))]
+        proxy = self.proxy(plan)
+        client = await self.client(proxy, acknowledge_output)
+        checker = StreamChecker(lambda received: None)
+        stream = await client.start_process(
+            [sys.executable, "-c", GENERATOR, str(seed), str(DEEP_STREAM_BLOCKS)],
+            env=ENV, receiver=checker)
+        return proxy, checker, stream
+
+    async def test_our_client_loses_nothing_that_a_failed_relay_held(self):
+        proxy, checker, stream = await self.deep_stream(11, DEEP_HOLD, True)
+        self.assertEqual(await support.with_timeout(stream.when_closed(), STREAM_TIMEOUT), 0)
+        self.assertEqual((checker.received, checker.digest.hexdigest()),
+                         (DEEP_STREAM_BLOCKS * STREAM_BLOCK, expected_digest(11, DEEP_STREAM_BLOCKS)))
+        self.assertEqual(len(proxy.cuts), 3)
+        self.assertTrue(all(record.held > MIB for record in proxy.cuts), proxy.cuts)
+
+    async def test_without_acknowledgements_the_loss_is_reported(self):
+        proxy, checker, stream = await self.deep_stream(12, DEEPER_HOLD, False)
+        with self.assertRaises(OutputLost):
+            await support.with_timeout(stream.when_closed(), STREAM_TIMEOUT)
+        self.assertGreater(proxy.cuts[0].held, 2 * MIB)
 
 
 class HandshakeFaultTests(FaultTestCase):

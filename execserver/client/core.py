@@ -32,6 +32,14 @@ connection drops depends on its method (L{REPLAY_POLICY}):
   L{HandleLost}; C{GONE}: C{fs/close} succeeds, as the server closed every
   file handle of the lost connection.
 
+Output is acknowledged when the server offers it (our server's extension,
+C{outputAcks} in C{initialize}): the client then tells the server, every
+1/L{ACK_FRACTION} of its window, which events it has received, and the
+server never evicts output that was not acknowledged, so nothing in flight
+at a drop is lost, however much it is. A server without the extension (the
+reference) keeps its replay window, and output beyond it that was in flight
+fails the handle with L{OutputLost}.
+
 Requests made while recovering wait and are sent after the resume. If the
 recovery fails, every pending request and process handle fails with one
 L{RecoveryFailed}. A server that closes the connection because it is
@@ -69,6 +77,7 @@ from execserver.client.fs import FileSystem, as_uri
 from execserver.client.http import Http
 from execserver.client.process import CLOSED, EXITED, OUTPUT, ProcessHandle
 from execserver.client.rpc import RpcConnection
+from execserver.extensions import ACK_FIELD, ACK_METHOD
 
 log = Logger()
 
@@ -83,6 +92,14 @@ MAX_RETRY_DELAY = 1.0
 ATTEMPT_SECONDS = 10.0
 
 DEFAULT_CLIENT_NAME = "execserver-client"
+
+#: A process's events are acknowledged each time this fraction of the
+#: server's window (bytes or chunks) has arrived since the last
+#: acknowledgement: far enough below the window that the server does not
+#: wait for an acknowledgement while output is on its way (what the socket
+#: buffers hold comes on top), and rarely enough that acknowledging costs
+#: little (each one is a WebSocket message both sides handle).
+ACK_FRACTION = 4
 
 RETRY = "retry"
 PROBE = "probe"
@@ -356,6 +373,9 @@ class ExecServerClient:
     @param connector: an L{IConnector}; asked for a new connection at the
         start and after every drop.
     @param clock: times the recovery budget, backoff and attempt deadlines.
+    @param acknowledge_output: ask for output acknowledgement (used only if
+        the server offers it); without it, what the server's replay window
+        cannot hold of the output in flight at a drop is lost.
     """
 
     def __init__(
@@ -364,6 +384,7 @@ class ExecServerClient:
         clock: IReactorTime | None = None,
         client_name: str = DEFAULT_CLIENT_NAME,
         recovery_seconds: float = RECOVERY_SECONDS,
+        acknowledge_output: bool = True,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -371,6 +392,10 @@ class ExecServerClient:
         self.clock = clock
         self.client_name = client_name
         self.recovery_seconds = recovery_seconds
+        self.acknowledge_output = acknowledge_output
+        #: While the server takes acknowledgements: acknowledge a process
+        #: after this many bytes or events (see L{ACK_FRACTION}).
+        self.ack_every: tuple[int, int] | None = None
         self.session_id: str | None = None
         #: The server's description of itself, from the last handshake.
         self.environment: dict | None = None
@@ -617,9 +642,11 @@ class ExecServerClient:
     def _open_link(self, resume: str | None) -> tuple[RpcConnection, Deferred]:
         link = RpcConnection(self._notification, self._link_lost)
         opening = maybeDeferred(self.connector.connect, link)
-        opening.addCallback(lambda _: link.request("initialize", {
-            "clientName": self.client_name, "resumeSessionId": resume,
-        }))
+        params: dict[str, Any] = {"clientName": self.client_name, "resumeSessionId": resume}
+        if self.acknowledge_output:
+            # An extra member: servers without the extension ignore it.
+            params[ACK_FIELD] = True
+        opening.addCallback(lambda _: link.request("initialize", params))
         return link, opening
 
     def _established(self, link: RpcConnection, result: dict) -> None:
@@ -642,6 +669,7 @@ class ExecServerClient:
     def _attach(self, link: RpcConnection, result: dict) -> None:
         self._link = link
         self.environment = result.get("environmentInfo")
+        self.ack_every = _ack_every(result.get(ACK_FIELD)) if self.acknowledge_output else None
         link.notify("initialized", {})
         if self._pausers:
             link.pause_reading()
@@ -732,6 +760,15 @@ class ExecServerClient:
             return fail(ConnectionDropped("not connected"))
         return self._link.request(method, params)
 
+    def _acknowledge(self, process_id: str, seq: int) -> None:
+        """
+        Tell the server that every event of the process up to C{seq} has
+        arrived. One lost with a connection is made good by the catch-up
+        read after the resume, whose C{afterSeq} acknowledges as much.
+        """
+        if self._link is not None and self.ack_every is not None:
+            self._link.notify(ACK_METHOD, {"processId": process_id, "seq": seq})
+
     def _forget(self, handle: ProcessHandle) -> None:
         if self._handles.get(handle.process_id) is handle:
             del self._handles[handle.process_id]
@@ -771,3 +808,16 @@ class ExecServerClient:
                 stream._delta(params)
         else:
             log.debug("ignoring notification {method}", method=method)
+
+
+def _ack_every(offer: Any) -> tuple[int, int] | None:
+    """
+    How often to acknowledge, from the server's offer (its window), or None
+    when it made none we understand.
+    """
+    if not isinstance(offer, dict):
+        return None
+    window_bytes, window_chunks = offer.get("maxUnackedBytes"), offer.get("maxUnackedChunks")
+    if not all(isinstance(value, int) and value > 0 for value in (window_bytes, window_chunks)):
+        return None
+    return (max(1, window_bytes // ACK_FRACTION), max(1, window_chunks // ACK_FRACTION))

@@ -298,6 +298,10 @@ class ProcessHandle:
         self._paused = False
         self._delivering = False
         self._catching_up = False
+        #: Arrived since the last acknowledgement: bytes (roughly, from
+        #: the base64 length) and events.
+        self._unacked_bytes = 0
+        self._unacked_events = 0
         self._exited = Observer()
         self._closed = Observer()
         self.receiver.attached(self)
@@ -378,6 +382,7 @@ class ProcessHandle:
             return
         ready = self._sequencer.accept(seq, event)
         if ready:
+            self._arrived(ready)
             self._ready.extend(ready)
             self._flush()
         if self._sequencer.gap:
@@ -399,6 +404,8 @@ class ProcessHandle:
         if self._catching_up or self.state is not RUNNING:
             return
         self._catching_up = True
+        # afterSeq acknowledges what was delivered.
+        self._unacked_bytes = self._unacked_events = 0
         reading = self._client._internal_request(
             "process/read", {"processId": self.process_id, "afterSeq": self._sequencer.delivered}
         )
@@ -417,10 +424,26 @@ class ProcessHandle:
             self._fail(e)
             return
         if ready:
+            self._arrived(ready)
             self._ready.extend(ready)
             self._flush()
         if self._sequencer.gap:
             self.catch_up()
+
+    def _arrived(self, events: list[tuple]) -> None:
+        """
+        Count what arrived, and acknowledge it when it is enough.
+        """
+        every = self._client.ack_every
+        if every is None:
+            return
+        self._unacked_events += len(events)
+        for event in events:
+            if event[0] is OUTPUT:
+                self._unacked_bytes += len(event[2]) * 3 // 4
+        if self._unacked_bytes >= every[0] or self._unacked_events >= every[1]:
+            self._unacked_bytes = self._unacked_events = 0
+            self._client._acknowledge(self.process_id, self._sequencer.delivered)
 
     def _read_failed(self, reason: Failure) -> None:
         self._catching_up = False
