@@ -189,6 +189,17 @@ class OutputLog:
             del self._offsets[: self._start]
             self._start = 0
 
+    def clear(self) -> None:
+        """
+        Let go of the retained output: nobody can read it any more. (A
+        process and its session refer to each other; without this their
+        output would wait for the cycle collector, which an idle server
+        does not run.)
+        """
+        self._chunks = [None] * len(self._chunks)
+        self._start = len(self._chunks)
+        self._retained_bytes = 0
+
     def retained(self) -> list[tuple[str, bytes]]:
         """
         The (stream, data) of every retained chunk, oldest first.
@@ -461,4 +472,14 @@ class ManagedProcess:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(None)
-        return self.child.finished
+        return self.child.finished.addBoth(self._forgotten)
+
+    def _forgotten(self, result: Any) -> Any:
+        self.log.clear()
+        return result
+
+    def evicted(self) -> None:
+        """
+        The process left its session: its output can no longer be read.
+        """
+        self.log.clear()

@@ -312,18 +312,24 @@ class ServerConnection:
                 # Naming the first problem of a large malformed message the
                 # way the reference does takes a while: let the reactor serve
                 # the other connections meanwhile. This one waits for it.
-                pending = self.server.run_blocking(rpc.parse, data)
-                return pending.addCallbacks(self._dispatch, self._malformed)
-            self._malformed(Failure())
+                pending = self.server.run_blocking(_diagnose, data)
+                return pending.addCallbacks(self._diagnosed, self._diagnosis_failed)
+            self._malformed(str(e))
             return None
         return self._dispatch(message)
 
-    def _malformed(self, failure: Failure) -> None:
-        if not failure.check(rpc.MalformedMessage):
-            log.failure("parsing a message failed", failure)
-            if self.connected:
-                self.transport.abortConnection()
-            return
+    def _diagnosed(self, outcome: rpc.Message | str) -> Deferred | None:
+        if isinstance(outcome, str):
+            self._malformed(outcome)
+            return None
+        return self._dispatch(outcome)
+
+    def _diagnosis_failed(self, failure: Failure) -> None:
+        log.failure("parsing a message failed", failure)
+        if self.connected:
+            self.transport.abortConnection()
+
+    def _malformed(self, detail: str) -> None:
         if self.transport.parseErrorPrefix is None:
             # A relay stream: the reference resets it instead of answering.
             log.info("a message that is not JSON-RPC; closing the connection")
@@ -332,7 +338,7 @@ class ServerConnection:
         self.sendMessage(rpc.encode_error(
             rpc.MALFORMED_ID,
             rpc.INVALID_REQUEST,
-            f"{self.transport.parseErrorPrefix}: {failure.value}",
+            f"{self.transport.parseErrorPrefix}: {detail}",
         ))
 
     def _dispatch(self, message: rpc.Message) -> Deferred | None:
@@ -490,6 +496,21 @@ class ServerConnection:
                 "maxUnackedChunks": MAX_UNACKNOWLEDGED_CHUNKS,
             }
         return result
+
+
+def _diagnose(data: bytes | str) -> rpc.Message | str:
+    """
+    Parse a message that the fast parser refused (in the thread pool).
+
+    @return: the message, or the reference's text for its first problem:
+        returned, not raised, so that no traceback keeps the message alive
+        (a Failure from the thread pool and its frames form a cycle that
+        only the cycle collector frees, which an idle server never runs).
+    """
+    try:
+        return rpc.parse(data)
+    except rpc.MalformedMessage as e:
+        return str(e)
 
 
 def _decode(schema: P.Type, params: Any) -> Any:

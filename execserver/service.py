@@ -27,7 +27,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 import execserver
-from execserver import environment, listening, operations, wsauth
+from execserver import environment, listening, memory, operations, wsauth
 from execserver.guardian import Guardian
 from execserver.interfaces import IMessageProtocol
 from execserver.methods import all_methods
@@ -345,6 +345,8 @@ def _build(config: Options, reactor) -> service.MultiService:
     except (wsauth.AuthConfigError, listening.ListenError) as e:
         raise StartupError(str(e)) from None
     top = operations.StopInOrder()
+    memory.tune_allocator()
+    memory.IdleTrimmer(reactor).setServiceParent(top)
     stopper = OrderlyStop(reactor)
     stopper.setServiceParent(top)
     readiness = operations.readiness_for(SystemdNotifier.from_environment())

@@ -153,6 +153,7 @@ class Session:
     def evict_process(self, process: ManagedProcess) -> None:
         if self.processes.get(process.process_id) is process:
             del self.processes[process.process_id]
+            process.evicted()
 
     # IPushProducer, on behalf of every process of the session: the attached
     # connection pauses them while its outgoing buffer is full.

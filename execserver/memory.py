@@ -1,0 +1,102 @@
+"""
+Giving memory back to the system after load (glibc's allocator).
+
+Python gets everything over 512 bytes from malloc, and glibc's malloc,
+left as it starts, keeps what the server frees after a flood: a buffer of
+128 KiB or more is mmapped (and unmapped when freed) only until the first
+such buffer is freed, after which the threshold climbs to the size of that
+buffer (up to 32 MiB), so later messages and file contents come from the
+heap and leave holes there; each thread of the pool may get an arena of
+its own, with its own free memory; and free memory below the top of a heap
+is never returned. Floods of big messages left the server holding hundreds
+of MiB it had freed (docs/reliability.md has the figures). So:
+
+* the mmap threshold is fixed at L{MMAP_THRESHOLD_BYTES}: big buffers are
+  always mmapped, and unmapped when freed;
+* the threads share at most L{ARENA_MAX} arenas;
+* every L{TRIM_INTERVAL_SECONDS}, C{malloc_trim(0)} returns the free pages
+  of every arena.
+
+On other C libraries (musl) nothing is changed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from typing import Callable
+
+from twisted.application import service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger()
+
+#: glibc's mallopt parameters (malloc.h).
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+#: Buffers from this size on are mmapped. Output moves in chunks of 64 KiB
+#: (87 KiB as base64), which stay below it and come from the heap.
+MMAP_THRESHOLD_BYTES = 128 * 1024
+#: Arenas the threads share (glibc's default is 8 per core).
+ARENA_MAX = 2
+#: How often free pages are given back.
+TRIM_INTERVAL_SECONDS = 10.0
+
+
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    libc = ctypes.CDLL(name)
+    if not all(hasattr(libc, symbol) for symbol in ("gnu_get_libc_version", "mallopt",
+                                                    "malloc_trim")):
+        return None
+    return libc
+
+
+_libc = _glibc()
+
+
+def tune_allocator() -> bool:
+    """
+    Fix the mmap threshold and the number of arenas (process-wide; call it
+    once, early).
+
+    @return: whether the allocator is glibc's, and took the settings.
+    """
+    if _libc is None:
+        return False
+    return bool(_libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+                and _libc.mallopt(_M_ARENA_MAX, ARENA_MAX))
+
+
+def trim() -> None:
+    """
+    Give the free pages of every arena back to the system.
+    """
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+class IdleTrimmer(service.Service):
+    """
+    Calls L{trim} every L{TRIM_INTERVAL_SECONDS} while running. It costs
+    little when there is little to give back.
+    """
+
+    def __init__(self, clock, trim: Callable[[], None] = trim,
+                 interval: float = TRIM_INTERVAL_SECONDS) -> None:
+        self._loop = LoopingCall(trim)
+        self._loop.clock = clock
+        self._interval = interval
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=False)
+
+    def stopService(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        return super().stopService()
