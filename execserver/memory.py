@@ -14,16 +14,23 @@ of MiB it had freed (docs/reliability.md has the figures). So:
 * the mmap threshold is fixed at L{MMAP_THRESHOLD_BYTES}: big buffers are
   always mmapped, and unmapped when freed;
 * the threads share at most L{ARENA_MAX} arenas;
-* every L{TRIM_INTERVAL_SECONDS}, C{malloc_trim(0)} returns the free pages
-  of every arena.
+* once the server is idle after some work (it used less than
+  L{IDLE_CPU_FRACTION} of a core over the last L{TRIM_INTERVAL_SECONDS}),
+  the cycle collector runs and C{malloc_trim(0)} returns the free pages of
+  every arena. Python collects cycles only as it allocates, so an idle
+  server would otherwise keep the connections and sessions that ended last
+  (objects that refer to each other) for good.
 
-On other C libraries (musl) nothing is changed.
+On other C libraries (musl) the allocator is left alone; the collection
+still runs.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
+import time
 from typing import Callable
 
 from twisted.application import service
@@ -41,8 +48,13 @@ _M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 128 * 1024
 #: Arenas the threads share (glibc's default is 8 per core).
 ARENA_MAX = 2
-#: How often free pages are given back.
+#: How often the server looks whether it is idle.
 TRIM_INTERVAL_SECONDS = 10.0
+#: Idle: less CPU than this fraction of the interval was used in it...
+IDLE_CPU_FRACTION = 0.02
+#: ...after at least this much CPU time of work since memory was last given
+#: back (a server that stays idle has nothing new to give back).
+WORK_CPU_SECONDS = 0.05
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -80,23 +92,48 @@ def trim() -> None:
         _libc.malloc_trim(0)
 
 
+def give_back() -> None:
+    """
+    Free what only the cycle collector can, then return the free pages.
+    """
+    gc.collect()
+    trim()
+
+
 class IdleTrimmer(service.Service):
     """
-    Calls L{trim} every L{TRIM_INTERVAL_SECONDS} while running. It costs
-    little when there is little to give back.
+    Gives memory back (L{give_back}) when the server turns idle after work;
+    see the module docstring.
+
+    @param cpu_time: the process's CPU seconds so far, all threads.
     """
 
-    def __init__(self, clock, trim: Callable[[], None] = trim,
+    def __init__(self, clock, give_back: Callable[[], None] = give_back,
+                 cpu_time: Callable[[], float] = time.process_time,
                  interval: float = TRIM_INTERVAL_SECONDS) -> None:
-        self._loop = LoopingCall(trim)
+        self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
+        self._give_back = give_back
+        self._cpu_time = cpu_time
         self._interval = interval
+        self._last = 0.0
+        self._worked = 0.0
 
     def startService(self) -> None:
         super().startService()
+        self._last = self._cpu_time()
         self._loop.start(self._interval, now=False)
 
     def stopService(self) -> None:
         if self._loop.running:
             self._loop.stop()
         return super().stopService()
+
+    def _tick(self) -> None:
+        recent = self._cpu_time() - self._last
+        self._worked += recent
+        if recent < self._interval * IDLE_CPU_FRACTION and self._worked >= WORK_CPU_SECONDS:
+            self._give_back()
+            self._worked = 0.0
+        # What giving back cost is not work to clean up after.
+        self._last = self._cpu_time()

@@ -4,6 +4,7 @@ that does not wait for the cycle collector once nobody can read it.
 """
 
 import gc
+import weakref
 
 from twisted.internet import task
 from twisted.trial import unittest
@@ -19,21 +20,66 @@ class AllocatorTests(unittest.SynchronousTestCase):
         # The development and CI machines run glibc.
         self.assertTrue(memory.tune_allocator())
 
-    def test_the_trimmer_trims_every_interval_while_running(self):
-        clock = task.Clock()
-        calls = []
 
-        def trim():
-            calls.append(clock.seconds())
-            memory.trim()
+class IdleTrimmerTests(unittest.SynchronousTestCase):
+    """
+    Memory is given back once the server turns idle after some work.
+    """
 
-        trimmer = memory.IdleTrimmer(clock, trim, interval=10)
-        trimmer.startService()
-        clock.advance(10)
-        clock.advance(10)
-        trimmer.stopService()
-        clock.advance(10)
-        self.assertEqual(calls, [10, 20])
+    def setUp(self):
+        self.clock = task.Clock()
+        self.cpu = 0.0
+        self.given_back = []
+        self.trimmer = memory.IdleTrimmer(self.clock, lambda: self.given_back.append(
+            self.clock.seconds()), lambda: self.cpu, interval=10)
+        self.trimmer.startService()
+        self.addCleanup(self.trimmer.stopService)
+
+    def interval(self, cpu_used: float) -> None:
+        self.cpu += cpu_used
+        self.clock.advance(10)
+
+    def test_not_while_busy(self):
+        self.interval(5.0)
+        self.interval(memory.IDLE_CPU_FRACTION * 10)
+        self.assertEqual(self.given_back, [])
+
+    def test_once_idle_after_work(self):
+        self.interval(5.0)
+        self.interval(0.0)
+        self.assertEqual(self.given_back, [20])
+
+    def test_not_again_while_nothing_happens(self):
+        self.interval(5.0)
+        self.interval(0.0)
+        self.interval(0.0)
+        self.interval(0.001)
+        self.assertEqual(self.given_back, [20])
+
+    def test_little_work_adds_up(self):
+        for _ in range(5):
+            self.interval(memory.WORK_CPU_SECONDS / 4)
+        self.assertEqual(self.given_back, [40])
+
+    def test_stopping_stops_it(self):
+        self.interval(5.0)
+        self.trimmer.stopService()
+        self.interval(0.0)
+        self.assertEqual(self.given_back, [])
+
+    def test_giving_back_frees_cycles_an_idle_server_would_keep(self):
+        class Holder:
+            pass
+
+        holder = Holder()
+        holder.itself, holder.data = holder, b"x" * 1_000_000
+        freed = weakref.ref(holder)
+        gc.disable()
+        self.addCleanup(gc.enable)
+        del holder
+        self.assertIsNotNone(freed())
+        memory.give_back()
+        self.assertIsNone(freed())
 
 
 class CycleFreeTests(unittest.TestCase):
