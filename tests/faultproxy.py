@@ -14,8 +14,11 @@ on it stops forwarding to the client but goes on reading from the server,
 and breaks the connection once it holds that many bytes, which are lost,
 as they would be in a relay that fails.
 
-Nothing here sleeps or uses timers: the plan is in bytes and in connection
-attempts, so a seed reproduces the same faults.
+The plan is in bytes and in connection attempts, so a seed reproduces the
+same faults. The one timer is optional (C{hold_idle_seconds}): a holding
+relay also fails once the server has sent nothing more for that long, since
+a server that waits for acknowledgements may never send as much as the cut
+would hold, and a relay that holds forever is a hang, not a fault.
 """
 
 from __future__ import annotations
@@ -192,6 +195,7 @@ class _ProxiedConnection:
         self.done = False
         #: Set while a C{hold} cut holds back server-to-client bytes.
         self.holding: CutRecord | None = None
+        self._idle_timer = None
 
     def start_upstream(self) -> None:
         # Read nothing from the client until it can go somewhere.
@@ -245,9 +249,22 @@ class _ProxiedConnection:
         record = self.holding
         record.held += len(data)
         if record.held >= record.cut.hold:
-            self.proxy.cuts.append(record)
-            self.proxy.refusing += record.cut.refuse_after
-            self.abort()
+            self._fail_holding()
+            return
+        idle = self.proxy.hold_idle_seconds
+        if idle is not None:
+            if self._idle_timer is not None and self._idle_timer.active():
+                self._idle_timer.reset(idle)
+            else:
+                self._idle_timer = self.proxy.reactor.callLater(idle, self._fail_holding)
+
+    def _fail_holding(self) -> None:
+        if self.done:
+            return
+        record = self.holding
+        self.proxy.cuts.append(record)
+        self.proxy.refusing += record.cut.refuse_after
+        self.abort()
 
     def _deliver(self, side: _Side, data: bytes) -> None:
         if not data:
@@ -267,6 +284,8 @@ class _ProxiedConnection:
         if self.done:
             return
         self.done = True
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
         for side in (self.client, self.server):
             if side is not None and side.transport is not None:
                 side.transport.abortConnection()
@@ -300,10 +319,15 @@ class FaultProxy:
     """
     Listens on 127.0.0.1 and forwards to C{upstream}, breaking connections
     as L{plan} says.
+
+    @param hold_idle_seconds: if given, a holding cut also breaks once the
+        server has sent nothing for that long.
     """
 
-    def __init__(self, reactor, upstream: tuple[str, int], plan: list[Cut] = ()) -> None:
+    def __init__(self, reactor, upstream: tuple[str, int], plan: list[Cut] = (),
+                 hold_idle_seconds: float | None = None) -> None:
         self.reactor = reactor
+        self.hold_idle_seconds = hold_idle_seconds
         self.upstream = upstream
         self.plan = list(plan)
         self.cuts: list[CutRecord] = []
