@@ -13,7 +13,12 @@ them expire 80 s later; here the last request of each is a terminate and
 the connection then closes, and the closed processes stay readable for
 80 s, so the idle figure is taken after that).
 
+Then stdin: C{--stdin-mib} MiB written to a child that never reads its
+stdin, the RSS with that queued, and a few seconds after the child is
+terminated (the reference frees it then).
+
     python -m tests.stress.memory [--floods N] [--connections N] [--mib N] [--idle S]
+                                  [--stdin-mib N]
 """
 
 from __future__ import annotations
@@ -69,6 +74,35 @@ async def _one_connection(client: common.Client, index: int, path: str, content:
     await client.call("process/terminate", {"processId": process_id})
 
 
+async def stdin_freed(kind: str, mib: int) -> dict:
+    """
+    RSS before, with C{mib} MiB queued for a child that does not read its
+    stdin, and after terminating it.
+    """
+    server = common.Server(kind)
+    try:
+        client = await common.connect(server.url)
+        before = (await common.settle(server.pid, 1.0)).rss_mib
+        await client.call("process/start", {
+            "processId": "sleeper", "argv": ["sleep", "600"], "cwd": "file:///",
+            "env": {"PATH": "/usr/bin:/bin"}, "tty": False, "pipeStdin": True})
+        chunk = base64.b64encode(random.Random(0).randbytes(MIB)).decode()
+        for number in range(mib):
+            reply = await client.call("process/write", {
+                "processId": "sleeper", "chunk": chunk, "writeId": f"w{number}"})
+            if reply.get("result", {}).get("status") != "accepted":
+                raise RuntimeError(f"write {number} not accepted: {reply}")
+        queued = (await common.settle(server.pid, 1.0)).rss_mib
+        await client.call("process/terminate", {"processId": "sleeper"})
+        terminated = (await common.settle(server.pid, 3.0)).rss_mib
+        await client.close()
+        problems = common.log_problems(server.log_text())
+    finally:
+        server.stop()
+    return {"before": before, "queued": queued, "terminated": terminated,
+            "log_problems": problems}
+
+
 async def measure(kind: str, untuned: bool, floods: int, connections: int, mib: int,
                   idle: float) -> dict:
     server = common.Server(kind, untuned=untuned)
@@ -91,7 +125,10 @@ async def measure(kind: str, untuned: bool, floods: int, connections: int, mib: 
 
 async def main(args) -> common.Report:
     command = (f"python -m tests.stress.memory --floods {args.floods} --connections "
-               f"{args.connections} --mib {args.mib} --idle {args.idle:g}")
+               f"{args.connections} --mib {args.mib} --idle {args.idle:g} "
+               f"--stdin-mib {args.stdin_mib}")
+    if args.reference:
+        command += " --reference"
     report = common.Report(
         "Memory given back after floods", command,
         ("server", "start RSS (MiB)", "peak after a flood (MiB)", "after the last flood (MiB)",
@@ -108,6 +145,14 @@ async def main(args) -> common.Report:
                             + ", ".join(f"{value:.0f}" for value in rss[1:-1]))
         if result["log_problems"]:
             report.notes.append(f"{label}: log problems: {result['log_problems'][:5]}")
+    if args.stdin_mib:
+        for kind in ["ours"] + (["reference"] if args.reference else []):
+            result = await stdin_freed(kind, args.stdin_mib)
+            report.figures[f"stdin {kind}"] = result
+            report.notes.append(
+                f"{kind}: {args.stdin_mib} MiB written to a child that does not read: RSS "
+                f"{result['before']:.0f} MiB before, {result['queued']:.0f} MiB queued, "
+                f"{result['terminated']:.0f} MiB 3 s after terminate")
     return report
 
 
@@ -118,6 +163,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--mib", type=int, default=8,
                         help="largest file, MiB (its base64 must fit a 16 MiB frame)")
     parser.add_argument("--idle", type=float, default=90.0)
+    parser.add_argument("--stdin-mib", type=int, default=64,
+                        help="written to a child that never reads its stdin")
     parser.add_argument("--reference", action="store_true", help="also measure the reference")
     return parser
 
