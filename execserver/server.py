@@ -303,17 +303,17 @@ class ServerConnection:
         """
         Handle one message; a Deferred means "wait for it before the next".
         """
-        answers_malformed = self.transport.parseErrorPrefix is not None
         try:
-            message = rpc.parse(
-                data, diagnose_now=answers_malformed and len(data) <= INLINE_DIAGNOSIS_BYTES)
+            message = rpc.parse(data, diagnose_now=len(data) <= INLINE_DIAGNOSIS_BYTES)
+        except rpc.NeedsDiagnosis:
+            # The fast parser refused it, which does not make it malformed
+            # (an escaped surrogate pair, say): the full parser decides,
+            # and names the first problem the way the reference does. For a
+            # large message that takes a while: let the reactor serve the
+            # other connections meanwhile. This one waits for it.
+            pending = self.server.run_blocking(_diagnose, data)
+            return pending.addCallbacks(self._diagnosed, self._diagnosis_failed)
         except rpc.MalformedMessage as e:
-            if isinstance(e, rpc.NeedsDiagnosis) and answers_malformed:
-                # Naming the first problem of a large malformed message the
-                # way the reference does takes a while: let the reactor serve
-                # the other connections meanwhile. This one waits for it.
-                pending = self.server.run_blocking(_diagnose, data)
-                return pending.addCallbacks(self._diagnosed, self._diagnosis_failed)
             self._malformed(str(e))
             return None
         return self._dispatch(message)

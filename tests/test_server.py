@@ -132,11 +132,22 @@ class MessageTests(ConnectionTestCase):
 
     def test_a_transport_without_a_parse_error_prefix_is_ended_instead(self):
         # A relay stream: the reference resets it, whatever the message.
-        for data in (b"not-json", b"[1,2]", b'{"id":1,"method":"initialize"' + b" " * 10000):
+        for data in (b"not-json", b"[1,2]", b'{"id":1,"method":"initialize"' + b" " * 1000):
             connection, transport = attach(self.server)
             transport.parseErrorPrefix = None
             connection.messageReceived(data)
             self.assertEqual((transport.sent, transport.aborted), ([], True))
+
+    def test_a_transport_without_a_parse_error_prefix_serves_what_the_fast_parser_refuses(self):
+        # An escaped surrogate pair is valid JSON that only the full parser
+        # takes: the relay stream must not be ended for it (found by
+        # tests/stress/fuzz.py: any emoji escaped by the client reset it).
+        transport = self.transport
+        transport.parseErrorPrefix = None
+        self.connection.messageReceived(
+            b'{"id":1,"method":"initialize","params":{"clientName":"\\ud83d\\ude00"}}')
+        self.assertEqual(([m["id"] for m in transport.messages()], transport.aborted),
+                         ([1], False))
 
     def test_unknown_method(self):
         handshake(self.connection, self.transport)
