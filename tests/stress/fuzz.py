@@ -202,6 +202,8 @@ async def main(args) -> common.Report:
                f"--connections {args.connections} --seed {args.seed}")
     if not args.reference:
         command += " --no-reference"
+    elif args.reference_frames:
+        command += f" --reference-frames {args.reference_frames}"
     report = common.Report(
         "Bad input: fuzzed JSON-RPC messages, relay frames and Noise records", command,
         ("target", "messages", "MiB sent", "seconds", "connections closed by the server",
@@ -218,8 +220,11 @@ async def main(args) -> common.Report:
         if kind == "ours":
             ok = ok and _clean(result)
     if args.frames:
-        for executor in ["ours"] + (["reference"] if args.reference else []):
-            result = await relayfuzz.run(executor, args.frames, args.connections, args.seed)
+        executors = [("ours", args.frames)]
+        if args.reference:
+            executors.append(("reference", args.reference_frames or args.frames))
+        for executor, frames in executors:
+            result = await relayfuzz.run(executor, frames, args.connections, args.seed)
             report.figures[f"relay {executor} executor"] = result
             _row(report, f"relay frames, {executor} executor", result)
             if executor == "ours":
@@ -257,6 +262,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="fuzz only ours")
+    parser.add_argument("--reference-frames", type=int, default=0,
+                        help="relay frames for the reference's executor (default: --frames)")
     return parser
 
 
