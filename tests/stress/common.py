@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,17 +46,67 @@ def reference_binary() -> str:
     return out.strip().splitlines()[-1]
 
 
-class Server:
+def confined(argv: list[str], writable: str) -> list[str]:
+    """
+    C{argv} under bubblewrap with the whole file system read-only but for
+    C{writable} (and a private /tmp and /dev): what a fuzzed server runs
+    in, since fuzzed requests may name any path and the servers run as
+    whoever runs the program (root, here).
+    """
+    if shutil.which("bwrap") is None:
+        raise RuntimeError("bwrap is needed to confine fuzzed servers")
+    return ["bwrap", "--die-with-parent", "--ro-bind", "/", "/", "--bind", writable, writable,
+            "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--", *argv]
+
+
+class Child:
+    """
+    A child process, possibly confined (L{confined}): then C{popen} is
+    bubblewrap's, and L{pid} its child's, the program itself.
+    """
+
+    popen: subprocess.Popen
+    confined: bool = False
+
+    @property
+    def pid(self) -> int:
+        if not self.confined:
+            return self.popen.pid
+        pid = self.popen.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return int(f.read().split()[0])
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def terminate(self) -> int:
+        """
+        SIGTERM to the program (not to bubblewrap, which would not pass it
+        on); @return: the exit status.
+        """
+        if self.popen.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except (OSError, IndexError, ValueError):
+                self.popen.terminate()
+        return self.popen.wait(15)
+
+
+class Server(Child):
     """
     A server (C{ours} or C{reference}) in a child process, listening on a
     free port; its log (ours) or stderr (the reference) is kept in a file.
+    With C{confine}, it may write only in its home directory.
     """
 
-    def __init__(self, kind: str, extra_args=(), untuned: bool = False) -> None:
+    def __init__(self, kind: str, extra_args=(), untuned: bool = False,
+                 confine: bool = False) -> None:
         self.kind = kind
+        self.confined = confine
         # Not under /tmp, where the reference cannot make the helper
-        # aliases its sandboxed and terminal children need.
-        self.home = tempfile.mkdtemp(prefix=f"execserver-stress-{kind}-", dir="/var/tmp")
+        # aliases its sandboxed and terminal children need. Of one length
+        # for both kinds, so that paths under it are too.
+        self.home = tempfile.mkdtemp(prefix="execserver-stress-", dir="/var/tmp")
         self.log_path = os.path.join(self.home, "server.log")
         env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
                "LANG": "C.UTF-8", "PYTHONPATH": str(ROOT), "CODEX_HOME": self.home}
@@ -67,6 +118,8 @@ class Server:
                     "-n", "--pidfile=", f"--logfile={self.log_path}", "execserver",
                     "--port", "0", *extra_args]
             stderr = subprocess.DEVNULL
+        if confine:
+            argv = confined(argv, self.home)
         self.popen = subprocess.Popen(argv, cwd=self.home, env=env, stdout=subprocess.PIPE,
                                       stderr=stderr)
         for line in self.popen.stdout:
@@ -76,13 +129,6 @@ class Server:
         else:
             raise RuntimeError(f"{kind} server did not start")
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
     def log_text(self) -> str:
         with open(self.log_path, errors="replace") as f:
             return f.read()
@@ -91,9 +137,7 @@ class Server:
         """
         @return: the exit status.
         """
-        if self.popen.poll() is None:
-            self.popen.terminate()
-        status = self.popen.wait(15)
+        status = self.terminate()
         shutil.rmtree(self.home, ignore_errors=True)
         return status
 

@@ -321,13 +321,15 @@ class CuttingRouter(Router):
         peer.abort()
 
 
-class Executor:
+class Executor(common.Child):
     """
     An executor registered with a rendezvous: C{command} is run with
-    C{{registry}} and C{{environment}} filled in, the token on its stdin.
+    C{{registry}} and C{{environment}} filled in, the token on its stdin;
+    with C{confine}, it may write only in its home directory.
     """
 
-    def __init__(self, command: str, registry_url: str) -> None:
+    def __init__(self, command: str, registry_url: str, confine: bool = False) -> None:
+        self.confined = confine
         self.home = tempfile.mkdtemp(prefix="execserver-stress-executor-", dir="/var/tmp")
         argv = [part.format(registry=registry_url, environment=ENVIRONMENT_ID,
                             reference=common.reference_binary(), python=sys.executable)
@@ -335,6 +337,8 @@ class Executor:
         env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
                "CODEX_HOME": self.home, "PYTHONPATH": str(common.ROOT), "LANG": "C.UTF-8"}
         self.log_path = os.path.join(self.home, "executor.log")
+        if confine:
+            argv = common.confined(argv, self.home)
         self.popen = subprocess.Popen(argv, cwd=self.home, env=env, stdin=subprocess.PIPE,
                                       stdout=subprocess.DEVNULL,
                                       stderr=open(self.log_path, "wb"))
@@ -342,9 +346,7 @@ class Executor:
         self.popen.stdin.close()
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-        self.popen.wait(15)
+        self.terminate()
 
 
 EXECUTORS = {

@@ -23,8 +23,6 @@ import base64
 import json
 import os
 import random
-import shutil
-import tempfile
 
 from twisted.internet import defer, reactor
 from zope.interface import implementer
@@ -32,7 +30,7 @@ from zope.interface import implementer
 from execserver.interfaces import IMessageProtocol
 from execserver.transports import websocket
 from tests.stress import common, relayfuzz, rpcfuzz
-from tests.stress.fuzzing import FuzzCounts, Victim, alongside, timeout
+from tests.stress.fuzzing import FuzzCounts, Victim, alongside, confinement_probe, timeout
 
 VICTIM_CONTENT = bytes(range(256)) * 16
 #: Victim requests timed without fuzzers, for comparison.
@@ -156,13 +154,18 @@ async def _victim(url: str, scratch: str) -> tuple[Victim, common.Client]:
 
 
 async def rpc_side(kind: str, messages: int, connections: int, seed: int) -> dict:
-    server = common.Server(kind)
-    # Of the same length for both servers: the generator's draws depend on
-    # the lengths of the messages, so both get the same messages.
-    scratch = tempfile.mkdtemp(prefix="execserver-fuzz-", dir="/var/tmp")
+    # Confined: it may write in its home only, whatever a message names.
+    server = common.Server(kind, confine=True)
+    # Its home's name is as long for both servers: the generator's draws
+    # depend on the lengths of the messages, so both get the same ones.
+    scratch = server.home
     os.makedirs(os.path.join(scratch, "fuzz"))
     try:
         victim, client = await _victim(server.url, scratch)
+        probe = confinement_probe(scratch)
+        reply = await client.call("fs/writeFile", {"path": "file://" + probe, "dataBase64": ""})
+        if "error" not in reply or os.path.exists(probe):
+            raise RuntimeError(f"the {kind} server is not confined: it wrote {probe}")
         baseline = Victim(victim.ask)
         for _ in range(BASELINE_REQUESTS):
             baseline.stopped = True
@@ -189,7 +192,6 @@ async def rpc_side(kind: str, messages: int, connections: int, seed: int) -> dic
         problems = common.log_problems(server.log_text())
     finally:
         status = server.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
     return {"counts": vars(total), "seconds": seconds, "victim": victim.figures(),
             "baseline": baseline.figures(), "final_answer_ok": final is None, "alive": alive,
             "exit_status": status, "log_problems": problems[:10],

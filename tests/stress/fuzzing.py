@@ -99,5 +99,13 @@ async def alongside(victim: Victim, fuzzers: list) -> None:
         await running
 
 
+def confinement_probe(home: str) -> str:
+    """
+    A path beside C{home} that a confined server cannot write: the fuzz
+    programs check that it fails before they fuzz.
+    """
+    return home.rstrip("/") + "-confinement-probe"
+
+
 def timeout(d: defer.Deferred, seconds: float = STUCK_SECONDS) -> defer.Deferred:
     return d.addTimeout(seconds, reactor)

@@ -29,7 +29,7 @@ from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
-from execserver.client import ExecServerClient
+from execserver.client import ExecServerClient, RemoteError
 from execserver.interfaces import IMessageProtocol
 from execserver.noise.handshake import Initiator, prologue
 from execserver.noise.keys import NoiseIdentity, require_mlkem
@@ -46,7 +46,7 @@ from execserver.rendezvous.site import Rendezvous, site
 from execserver.rendezvous.store import BearerTokens
 from tests.stress import common, rpcfuzz
 from tests.stress.faults import ENVIRONMENT_ID, EXECUTORS, TOKEN, Executor
-from tests.stress.fuzzing import FuzzCounts, Victim, alongside, timeout
+from tests.stress.fuzzing import FuzzCounts, Victim, alongside, confinement_probe, timeout
 
 BATCH = 100
 #: Rare: a broken stream is opened again, and opening waits while the
@@ -311,6 +311,8 @@ async def _fuzzer(registry: RegistryClient, identity: NoiseIdentity, seed: int, 
         for _ in range(BATCH):
             if rng.random() < 0.25:
                 message = messages.encode(_well_formed(messages.request(), rng))
+                while not messages.safe(message):
+                    message = messages.encode(_well_formed(messages.request(), rng))
                 fuzz.sentinel.transport.sendMessage(message)
                 counts.bytes += len(message)
             else:
@@ -370,7 +372,8 @@ async def run(executor_kind: str, frames: int, connections: int, seed: int) -> d
     registry_url = f"http://127.0.0.1:{port.getHost().port}"
     problems = _LogProblems()
     globalLogPublisher.addObserver(problems)
-    executor = Executor(EXECUTORS[executor_kind], registry_url)
+    # Confined: it may write in its home only, whatever a message names.
+    executor = Executor(EXECUTORS[executor_kind], registry_url, confine=True)
     victim_path = os.path.join(executor.home, "victim")
     with open(victim_path, "wb") as f:
         f.write(VICTIM_CONTENT)
@@ -388,6 +391,13 @@ async def run(executor_kind: str, frames: int, connections: int, seed: int) -> d
                 return f"unexpected answer {str(reply)[:200]}"
             return None
 
+        probe = confinement_probe(executor.home)
+        try:
+            await client.call("fs/writeFile", {"path": "file://" + probe, "dataBase64": ""})
+        except RemoteError:
+            pass
+        if os.path.exists(probe):
+            raise RuntimeError(f"the {executor_kind} executor is not confined: it wrote {probe}")
         victim = Victim(ask)
         baseline = Victim(ask)
         for _ in range(300):
@@ -411,8 +421,8 @@ async def run(executor_kind: str, frames: int, connections: int, seed: int) -> d
         total = FuzzCounts()
         for count in counts:
             total.add(count)
-        alive = executor.popen.poll() is None
-        resources = common.Resources.of(executor.popen.pid)
+        alive = executor.alive()
+        resources = common.Resources.of(executor.pid)
     finally:
         globalLogPublisher.removeObserver(problems)
         executor.stop()

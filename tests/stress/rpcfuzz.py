@@ -9,20 +9,26 @@ notification or response it does not expect, invalid UTF-8 in a text
 frame, a binary frame) only ever end a batch, so that a batch's other
 messages are all read first.
 
-The generator is built to be harmless on a shared machine: every path it
-names is under its scratch directory (no C{..}, no other file URI), every
-command is one of a few that exit at once, every URL is refused or
-invalid.
+The generator tries to be harmless: every command is one of a few that
+exit at once, every URL is refused or invalid, and every message that
+names a file outside its scratch directory, as our server's own parsers
+read it, is made again (L{Generator.safe}). That is not enough on its
+own (an early version sent C{"file:"}, which is C{/}, and a fuzzed
+fs/remove deleted /etc): the fuzz programs also run every fuzzed server
+confined, with only its scratch directory writable.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import posixpath
 import random
 import string
+import urllib.parse
 
 from execserver import params as P
+from execserver import paths, rpc
 from execserver.methods import all_methods
 
 #: Messages of a batch; and the chance that a batch ends with a message
@@ -76,10 +82,48 @@ class Generator:
         L{BATCH} messages as (payload, binary); the last may be one that
         closes the connection.
         """
-        messages = [self.message() for _ in range(BATCH)]
+        messages = [self.checked(self.message) for _ in range(BATCH)]
         if self.rng.random() < TAIL_CHANCE:
-            messages[-1] = self.tail()
+            messages[-1] = self.checked(self.tail)
         return messages
+
+    def checked(self, make) -> tuple[bytes, bool]:
+        while True:
+            message = make()
+            if self.safe(message[0]):
+                return message
+
+    def safe(self, payload: bytes) -> bool:
+        """
+        Whether every file URI that C{payload} names, read as our parsers
+        read it, is under the scratch directory. A payload that names one
+        but does not parse is refused too: another parser might take it.
+        """
+        if b"file:" not in payload.lower() and b"\\u" not in payload:
+            return True
+        values = []
+        try:
+            message = rpc.parse(payload)
+            values.append(getattr(message, "params", None))
+        except (rpc.MalformedMessage, RecursionError):
+            pass
+        try:
+            values.append(json.loads(payload))
+        except (ValueError, RecursionError):
+            pass
+        if not values:
+            return b"file:" not in payload.lower()
+        return all(self._inside(text) for text in _strings(values))
+
+    def _inside(self, text: str) -> bool:
+        try:
+            uri = paths.parse_uri(text)
+        except P.DecodeError:
+            return True
+        if not uri.startswith("file:///"):
+            return False
+        path = posixpath.normpath(urllib.parse.unquote(uri[len("file://"):]))
+        return path == self.scratch or path.startswith(self.scratch + "/")
 
     def message(self) -> tuple[bytes, bool]:
         rng = self.rng
@@ -231,7 +275,7 @@ class Generator:
     def path(self) -> str:
         """
         A file URI under the scratch directory, or something that is not
-        one (never another absolute path).
+        a file URI (L{safe} checks it: even "file:" is one, of C{/}).
         """
         rng = self.rng
         roll = rng.random()
@@ -239,7 +283,7 @@ class Generator:
             parts = [rng.choice("abcdef") for _ in range(rng.randrange(3))]
             return "file://" + "/".join([self.scratch, *parts])
         if roll < 0.9:
-            return rng.choice(["relative", "", "file:", "http://127.0.0.1:1/", "file://host/x",
+            return rng.choice(["relative", "", "http://127.0.0.1:1/", "ftp://127.0.0.1/x",
                                "C:\\x", "%2e%2e"])
         return self.text(10)
 
@@ -328,3 +372,19 @@ class Generator:
         if roll < 0.7:
             return b'{"id":4,"method":"environment/status","params":[' + b"1," * (size // 2) + b"1]}"
         return b"[" + b"0" * size + b"x"
+
+
+def _strings(value):
+    """
+    Every string in a JSON value, keys included.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
