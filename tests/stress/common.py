@@ -130,8 +130,15 @@ class Server(Child):
             raise RuntimeError(f"{kind} server did not start")
 
     def log_text(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
+        """
+        The whole log: twistd rotates ours every MB into C{server.log.N}.
+        """
+        texts = []
+        for name in sorted(os.listdir(self.home)):
+            if name == "server.log" or name.startswith("server.log."):
+                with open(os.path.join(self.home, name), errors="replace") as f:
+                    texts.append(f.read())
+        return "\n".join(texts)
 
     def stop(self) -> int:
         """

@@ -32,6 +32,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -339,9 +340,11 @@ class Executor(common.Child):
         self.log_path = os.path.join(self.home, "executor.log")
         if confine:
             argv = common.confined(argv, self.home)
+        log = open(self.log_path, "wb")
+        # Ours logs to stdout (twistd -n), the reference to stderr.
         self.popen = subprocess.Popen(argv, cwd=self.home, env=env, stdin=subprocess.PIPE,
-                                      stdout=subprocess.DEVNULL,
-                                      stderr=open(self.log_path, "wb"))
+                                      stdout=log, stderr=log)
+        log.close()
         self.popen.stdin.write(TOKEN.encode() + b"\n")
         self.popen.stdin.close()
 
@@ -389,6 +392,7 @@ async def relay_runs(name: str, command: str, runs: int, blocks: int, first_seed
         await port.stopListening()
     with open(executor.log_path, errors="replace") as f:
         problems = common.log_problems(f.read())
+    shutil.rmtree(executor.home, ignore_errors=True)
     return path, problems
 
 
