@@ -214,7 +214,8 @@ class OrderlyStop(service.Service):
     Stops the server once, whatever asks first and however many ask: a
     SIGTERM or SIGINT, the end of stdin, or both at once. Twisted's own
     signal handlers stop the reactor unconditionally, which fails loudly
-    when it is already stopping.
+    when it is already stopping, and make twistd end by the same signal
+    once stopped; the reference exits with status 0, and so do we.
     """
 
     def __init__(self, reactor) -> None:
@@ -230,24 +231,20 @@ class OrderlyStop(service.Service):
         self.stopping = True
 
     def _guard_signals(self) -> None:
-        for signum, reactor_handler in ((signal.SIGINT, self.reactor.sigInt),
-                                        (signal.SIGTERM, self.reactor.sigTerm)):
+        for signum in (signal.SIGINT, signal.SIGTERM):
             handler = signal.getsignal(signum)
             # Twisted leaves an ignored SIGINT (nohup, a shell's &) ignored;
             # the reference stops on it all the same, and so do we. (Our
             # children get it back: spawn restores what we ignore.)
             if getattr(handler, "__self__", None) is self.reactor or handler == signal.SIG_IGN:
-                signal.signal(signum, self._signal_handler(reactor_handler))
+                signal.signal(signum, self._handle_signal)
 
-    def _signal_handler(self, reactor_handler):
-        def handle(signum, frame):
-            if self.stopping:
-                log.info("received signal {signum} while stopping", signum=signum)
-                return
-            self.stopping = True
-            reactor_handler(signum, frame)
-
-        return handle
+    def _handle_signal(self, signum, frame) -> None:
+        if self.stopping:
+            log.info("received signal {signum} while stopping", signum=signum)
+            return
+        log.info("received {name}, shutting down", name=signal.Signals(signum).name)
+        self.stop()
 
     def stop(self) -> None:
         if not self.stopping:

@@ -189,7 +189,27 @@ class IgnoredInterruptTests(unittest.TestCase):
             await queue.response(1)
             self.assertTrue(_catches(server.pid, signal.SIGINT), kind)
             server.process.signalProcess("INT")
-            await support.with_timeout(server.proto.ended)
+            self.assertEqual(_status(await support.with_timeout(server.proto.ended)), 0, kind)
+
+
+class ExitStatusTests(unittest.TestCase):
+    timeout = 60
+
+    async def test_a_stop_by_signal_exits_0_as_the_reference_does(self):
+        for kind in ("reference", "ours"):
+            for name in ("TERM", "INT"):
+                server = await support.start_server(kind)
+                queue = await support.connect(server.url)
+                queue.send({"id": 1, "method": "initialize", "params": {"clientName": "t"}})
+                await queue.response(1)
+                server.process.signalProcess(name)
+                self.assertEqual(_status(await support.with_timeout(server.proto.ended)), 0,
+                                 (kind, name))
+
+
+def _status(ended) -> int | None:
+    """The exit status of a process that ended with C{ended} (None: a signal)."""
+    return ended.exitCode
 
 
 def _catches(pid: int, signum: int) -> bool:
