@@ -94,15 +94,12 @@ class RunningServer:
     An exec-server (ours or the reference) in a child process.
     """
 
-    def __init__(self, kind: str, url: str, process, proto: _ServerProcess, home: str,
-                 owns_home: bool = True):
+    def __init__(self, kind: str, url: str, process, proto: _ServerProcess, home: str):
         self.kind = kind
         self.url = url
         self.process = process
         self.proto = proto
         self.home = home
-        #: Whether the home was made for this server, and goes with it.
-        self.owns_home = owns_home
 
     @property
     def pid(self) -> int:
@@ -115,8 +112,6 @@ class RunningServer:
             except error.ProcessExitedAlready:
                 pass
         await with_timeout(self.proto.ended)
-        if self.owns_home:
-            shutil.rmtree(self.home, ignore_errors=True)
 
 
 def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -180,15 +175,16 @@ async def start_server(
     Start C{kind} ("ours" or "reference") listening on C{listen} (an
     ephemeral loopback port by default), with C{ignored_signals} ignored
     from the start; C{wrapper} is a command that runs it. Its C{CODEX_HOME}
-    is C{home} (a new directory if not given).
+    is C{home} (a new directory if not given, removed when the server ends,
+    whoever ends it).
     """
-    owns_home = home is None
-    if owns_home:
+    proto = _ServerProcess()
+    if home is None:
         home = tempfile.mkdtemp(prefix="execserver-test-home-", dir=HOME_PARENT)
+        proto.ended.addBoth(_remove_then_pass_on, home)
     full_env = server_environment(env)
     full_env.setdefault("CODEX_HOME", home)
     argv = [*wrapper, *ignoring_signals(server_argv(kind, listen, args), ignored_signals)]
-    proto = _ServerProcess()
     process = reactor.spawnProcess(proto, argv[0], argv, env=full_env, path=cwd or home)
     try:
         url = await with_timeout(proto.url)
@@ -197,7 +193,12 @@ async def start_server(
             process.signalProcess("KILL")
         await proto.ended
         raise
-    return RunningServer(kind, url, process, proto, home, owns_home)
+    return RunningServer(kind, url, process, proto, home)
+
+
+def _remove_then_pass_on(result, directory: str):
+    shutil.rmtree(directory, ignore_errors=True)
+    return result
 
 
 async def serve(testcase, kind: str, args: Sequence[str] = ()) -> RunningServer:
