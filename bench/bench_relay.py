@@ -17,90 +17,23 @@ The rendezvous runs in its own process (twistd execserver-rendezvous).
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from twisted.internet import reactor  # noqa: E402
-from zope.interface import implementer  # noqa: E402
 
 from bench import common, floor, remote  # noqa: E402
 from execserver.client import ExecServerClient, WebSocketConnector  # noqa: E402
-from execserver.client.process import IProcessReceiver  # noqa: E402
 
 ENVIRONMENT_ID = "bench"
-ENV = {"PATH": "/usr/bin:/bin"}
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-@implementer(IProcessReceiver)
-class Counter:
-    def __init__(self) -> None:
-        self.received = 0
-
-    def attached(self, handle) -> None:
-        pass
-
-    def outputReceived(self, stream: str, data: bytes) -> None:
-        self.received += len(data)
-
-    def processExited(self, exit_code: int) -> None:
-        pass
-
-    def processClosed(self) -> None:
-        pass
-
-    def processFailed(self, reason) -> None:
-        pass
 
 
 async def connected(connector) -> ExecServerClient:
     client = ExecServerClient(connector, reactor)
     await client.connect()
     return client
-
-
-async def round_trips(client: ExecServerClient, rounds: int) -> dict:
-    for _ in range(20):  # warm up
-        handle = await client.start_process(["/bin/true"], env=ENV)
-        await handle.when_closed()
-    times = []
-    for _ in range(rounds):
-        started = common.now()
-        handle = await client.start_process(["/bin/true"], env=ENV)
-        await handle.when_closed()
-        times.append(common.now() - started)
-    return {"p50": common.median(times) * 1000, "p90": common.percentile(times, 0.9) * 1000}
-
-
-async def transfer(client: ExecServerClient, mib: int, pids: dict[str, int]) -> dict:
-    """One transfer: MiB/s, and CPU ms per MiB of this process and of C{pids}."""
-    total = mib * 1024 * 1024
-    counter = Counter()
-    cpu_before = {name: remote.cpu_seconds(pid) for name, pid in pids.items()}
-    own_before = own_cpu_seconds()
-    started = common.now()
-    handle = await client.start_process(["head", "-c", str(total), "/dev/zero"], env=ENV,
-                                        receiver=counter)
-    await handle.when_closed()
-    elapsed = common.now() - started
-    own = own_cpu_seconds() - own_before
-    if counter.received != total:
-        raise RuntimeError(f"received {counter.received} of {total} bytes")
-    result = {"rate": mib / elapsed, "harness_cpu": own / mib * 1000}
-    for name, pid in pids.items():
-        result[f"{name}_cpu"] = (remote.cpu_seconds(pid) - cpu_before[name]) / mib * 1000
-    return result
-
-
-def medians(results: list[dict]) -> dict:
-    return {key: common.median([result[key] for result in results]) for key in results[0]}
 
 
 async def main(args) -> str:
@@ -115,14 +48,14 @@ async def main(args) -> str:
             "relay": (await relay.client(ENVIRONMENT_ID),
                       {"executor": executor.pid, "rendezvous": relay.rendezvous.pid}),
         }
-        results = {mode: await round_trips(client, args.rounds)
+        results = {mode: await remote.round_trips(client, args.rounds)
                    for mode, (client, _) in modes.items()}
         transfers = {mode: [] for mode in modes}
         for _ in range(args.transfers):  # alternating, so both see the same machine
             for mode, (client, pids) in modes.items():
-                transfers[mode].append(await transfer(client, args.mib, pids))
+                transfers[mode].append(await remote.transfer(client, args.mib, pids))
         for mode, (client, _) in modes.items():
-            results[mode].update(medians(transfers[mode]))
+            results[mode].update(remote.medians(transfers[mode]))
             client.close()
     finally:
         local.stop()

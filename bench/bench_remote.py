@@ -18,87 +18,21 @@ RelayConnector, in this process), in one run:
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from twisted.internet import defer  # noqa: E402
-from zope.interface import implementer  # noqa: E402
 
 from bench import common, floor, remote  # noqa: E402
 from execserver.client import ExecServerClient  # noqa: E402
-from execserver.client.process import IProcessReceiver  # noqa: E402
 
-ENV = {"PATH": "/usr/bin:/bin"}
 KINDS = ("reference", "ours")
 
 #: Clients connected at once: an executor resets handshakes beyond 32
 #: waiting for the registry.
 CONNECT_BATCH = 10
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-@implementer(IProcessReceiver)
-class Counter:
-    def __init__(self) -> None:
-        self.received = 0
-
-    def attached(self, handle) -> None:
-        pass
-
-    def outputReceived(self, stream: str, data: bytes) -> None:
-        self.received += len(data)
-
-    def processExited(self, exit_code: int) -> None:
-        pass
-
-    def processClosed(self) -> None:
-        pass
-
-    def processFailed(self, reason) -> None:
-        pass
-
-
-async def exec_true(client: ExecServerClient) -> None:
-    handle = await client.start_process(["/bin/true"], env=ENV)
-    await handle.when_closed()
-
-
-async def round_trips(client: ExecServerClient, rounds: int) -> dict:
-    for _ in range(20):  # warm up
-        await exec_true(client)
-    times = []
-    for _ in range(rounds):
-        started = common.now()
-        await exec_true(client)
-        times.append(common.now() - started)
-    return {"p50": common.median(times) * 1000, "p90": common.percentile(times, 0.9) * 1000}
-
-
-async def transfer(client: ExecServerClient, mib: int, pids: dict[str, int]) -> dict:
-    """One transfer: MiB/s, and CPU ms per MiB of this process and of C{pids}."""
-    total = mib * 1024 * 1024
-    counter = Counter()
-    cpu_before = {name: remote.cpu_seconds(pid) for name, pid in pids.items()}
-    own_before = own_cpu_seconds()
-    started = common.now()
-    handle = await client.start_process(["head", "-c", str(total), "/dev/zero"], env=ENV,
-                                        receiver=counter)
-    await handle.when_closed()
-    elapsed = common.now() - started
-    own = own_cpu_seconds() - own_before
-    if counter.received != total:
-        raise RuntimeError(f"received {counter.received} of {total} bytes")
-    result = {"rate": mib / elapsed, "harness_cpu": own / mib * 1000}
-    for name, pid in pids.items():
-        result[f"{name}_cpu"] = (remote.cpu_seconds(pid) - cpu_before[name]) / mib * 1000
-    return result
 
 
 async def concurrency(relay: remote.Relay, environment_id: str, streams: int,
@@ -113,7 +47,7 @@ async def concurrency(relay: remote.Relay, environment_id: str, streams: int,
 
     async def loop(index: int, client: ExecServerClient) -> None:
         while common.now() < deadline:
-            await exec_true(client)
+            await remote.exec_true(client)
             counts[index] += 1
 
     started = common.now()
@@ -131,12 +65,12 @@ async def main(args) -> str:
     executors = {kind: relay.add_executor(kind, kind) for kind in KINDS}
     try:
         clients = {kind: await relay.client(kind) for kind in KINDS}
-        results = {kind: await round_trips(clients[kind], args.rounds) for kind in KINDS}
+        results = {kind: await remote.round_trips(clients[kind], args.rounds) for kind in KINDS}
         transfers = {kind: [] for kind in KINDS}
         for _ in range(args.transfers):  # alternating, so both see the same machine
             for kind in KINDS:
                 pids = {"executor": executors[kind].pid, "rendezvous": relay.rendezvous.pid}
-                transfers[kind].append(await transfer(clients[kind], args.mib, pids))
+                transfers[kind].append(await remote.transfer(clients[kind], args.mib, pids))
         for kind in KINDS:
             clients[kind].close()
             results[kind].update({key: common.median([t[key] for t in transfers[kind]])

@@ -2,12 +2,14 @@
 Remote mode for the benchmarks: our rendezvous (C{twistd
 execserver-rendezvous}) in its own process, so that its CPU time is
 neither the harness's nor an executor's, and executors registered behind
-it, each under its own environment id.
+it, each under its own environment id; and what the remote benchmarks
+measure through our client library: round trips and transfers.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -15,9 +17,11 @@ import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+from zope.interface import implementer
 
 from bench import common
 from execserver.client import ConnectFailed, ExecServerClient
+from execserver.client.process import IProcessReceiver
 from execserver.remote.harness import RelayConnector
 
 TOKEN = "bench-remote-token"
@@ -100,3 +104,73 @@ class Relay:
             process.terminate()
             process.wait(10)
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+#: The environment of the benchmarked commands.
+ENV = {"PATH": "/usr/bin:/bin"}
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@implementer(IProcessReceiver)
+class Counter:
+    def __init__(self) -> None:
+        self.received = 0
+
+    def attached(self, handle) -> None:
+        pass
+
+    def outputReceived(self, stream: str, data: bytes) -> None:
+        self.received += len(data)
+
+    def processExited(self, exit_code: int) -> None:
+        pass
+
+    def processClosed(self) -> None:
+        pass
+
+    def processFailed(self, reason) -> None:
+        pass
+
+
+async def exec_true(client: ExecServerClient) -> None:
+    handle = await client.start_process(["/bin/true"], env=ENV)
+    await handle.when_closed()
+
+
+async def round_trips(client: ExecServerClient, rounds: int) -> dict:
+    for _ in range(20):  # warm up
+        await exec_true(client)
+    times = []
+    for _ in range(rounds):
+        started = common.now()
+        await exec_true(client)
+        times.append(common.now() - started)
+    return {"p50": common.median(times) * 1000, "p90": common.percentile(times, 0.9) * 1000}
+
+
+async def transfer(client: ExecServerClient, mib: int, pids: dict[str, int]) -> dict:
+    """One transfer: MiB/s, and CPU ms per MiB of this process and of C{pids}."""
+    total = mib * 1024 * 1024
+    counter = Counter()
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    own_before = own_cpu_seconds()
+    started = common.now()
+    handle = await client.start_process(["head", "-c", str(total), "/dev/zero"], env=ENV,
+                                        receiver=counter)
+    await handle.when_closed()
+    elapsed = common.now() - started
+    own = own_cpu_seconds() - own_before
+    if counter.received != total:
+        raise RuntimeError(f"received {counter.received} of {total} bytes")
+    result = {"rate": mib / elapsed, "harness_cpu": own / mib * 1000}
+    for name, pid in pids.items():
+        result[f"{name}_cpu"] = (cpu_seconds(pid) - cpu_before[name]) / mib * 1000
+    return result
+
+
+def medians(results: list[dict]) -> dict:
+    return {key: common.median([result[key] for result in results]) for key in results[0]}
