@@ -488,3 +488,21 @@ def start_params(process_id: str, argv: list[str], **extra) -> dict:
               "env": {"PATH": "/usr/bin:/bin"}, "tty": False}
     params.update(extra)
     return params
+
+
+def children_states(pid: int) -> dict[int, str]:
+    """
+    The children of C{pid} and their states (C{"Z"} for a zombie), from /proc.
+    """
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children[int(entry)] = fields[0]
+    return children

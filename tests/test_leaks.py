@@ -8,7 +8,14 @@ import os
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from tests.support import attach, build_exec_server, handshake, send, start_params
+from tests.support import (
+    attach,
+    build_exec_server,
+    children_states,
+    handshake,
+    send,
+    start_params,
+)
 
 
 def open_descriptors() -> set[str]:
@@ -24,20 +31,7 @@ def descriptor_count() -> int:
 
 
 def zombie_children() -> list[int]:
-    me = os.getpid()
-    zombies = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, ppid = fields[0], int(fields[1])
-        if ppid == me and state == "Z":
-            zombies.append(int(entry))
-    return zombies
+    return [child for child, state in children_states(os.getpid()).items() if state == "Z"]
 
 
 class LeakTests(unittest.TestCase):

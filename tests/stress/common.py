@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from execserver.interfaces import IMessageProtocol
 from execserver.transports import websocket
+from tests import support
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -177,20 +178,9 @@ class Resources:
         with open(f"/proc/{pid}/status") as f:
             status = dict(line.split(":", 1) for line in f if ":" in line)
         rss = int(status["VmRSS"].split()[0]) / 1024
-        children = zombies = 0
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                children += 1
-                zombies += fields[0] == "Z"
+        states = list(support.children_states(pid).values())
         return cls(rss, len(os.listdir(f"/proc/{pid}/fd")), int(status["Threads"]),
-                   children, zombies)
+                   len(states), states.count("Z"))
 
 
 @implementer(IMessageProtocol)
