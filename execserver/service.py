@@ -301,6 +301,29 @@ def reporting_startup_errors(prefix: str, build: Callable[[usage.Options, Any], 
     return makeService
 
 
+def server_base(config: usage.Options, reactor) -> tuple[
+        operations.StopInOrder, OrderlyStop, Readiness, Metrics]:
+    """
+    What every command that runs a server core starts with: the services'
+    parent (they stop one after the other, the last added first), the
+    allocator tuned and trimmed when idle, an orderly stop on signals, the
+    readiness reported to systemd, the metrics, and the admin listener of
+    the L{operations.OPERATING_PARAMETERS} (added early, so stopped late:
+    /readyz and /metrics answer while the server drains).
+    """
+    top = operations.StopInOrder()
+    memory.tune_allocator()
+    memory.IdleTrimmer(reactor).setServiceParent(top)
+    stopper = OrderlyStop(reactor)
+    stopper.setServiceParent(top)
+    readiness = operations.readiness_for(SystemdNotifier.from_environment())
+    metrics = Metrics(frozenset(all_methods()) | {"initialize"})
+    admin = admin_listener(config, reactor, metrics, readiness)
+    if admin is not None:
+        admin.setServiceParent(top)
+    return top, stopper, readiness, metrics
+
+
 def build_core(config: usage.Options, reactor, top: service.MultiService,
                metrics: Metrics | None = None) -> ExecServer:
     """
@@ -341,18 +364,7 @@ def _build(config: Options, reactor) -> service.MultiService:
         authenticator = auth.authenticator(reactor)
     except (wsauth.AuthConfigError, listening.ListenError) as e:
         raise StartupError(str(e)) from None
-    top = operations.StopInOrder()
-    memory.tune_allocator()
-    memory.IdleTrimmer(reactor).setServiceParent(top)
-    stopper = OrderlyStop(reactor)
-    stopper.setServiceParent(top)
-    readiness = operations.readiness_for(SystemdNotifier.from_environment())
-    metrics = Metrics(frozenset(all_methods()) | {"initialize"})
-    admin = admin_listener(config, reactor, metrics, readiness)
-    if admin is not None:
-        # Added early, so stopped late: /readyz and /metrics answer while
-        # the server drains.
-        admin.setServiceParent(top)
+    top, stopper, readiness, metrics = server_base(config, reactor)
     exec_server = build_core(config, reactor, top, metrics)
     websockets = []
     if target.stdio:

@@ -42,9 +42,6 @@ import execserver
 from execserver.noise.errors import NoiseUnavailable
 from execserver.noise.keys import NoiseIdentity, require_mlkem
 from execserver import operations
-from execserver.metrics import Metrics
-from execserver.methods import all_methods
-from execserver.readiness import SystemdNotifier
 from execserver.remote.forwarder import WebSocketBridge
 from execserver.remote.link import ExecutorLink, RendezvousEndpoint
 from execserver.remote.registry import RegistryClient
@@ -52,11 +49,11 @@ from execserver.service import (
     CORE_PARAMETERS,
     OrderlyStop,
     StartupError,
-    admin_listener,
     build_core,
     check_core_options,
     counted,
     reporting_startup_errors,
+    server_base,
 )
 
 log = Logger()
@@ -235,14 +232,7 @@ def _build(config: Options, reactor) -> service.MultiService:
     # Stopped one after the other, the last added first: readiness is lost,
     # then the socket closes (harnesses learn the executor is gone), then
     # the processes are killed.
-    top = operations.StopInOrder()
-    stopper = OrderlyStop(reactor)
-    stopper.setServiceParent(top)
-    readiness = operations.readiness_for(SystemdNotifier.from_environment())
-    metrics = Metrics(frozenset(all_methods()) | {"initialize"})
-    admin = admin_listener(config, reactor, metrics, readiness)
-    if admin is not None:
-        admin.setServiceParent(top)
+    top, stopper, readiness, metrics = server_base(config, reactor)
     exec_server = None
     if config["connect"] is not None:
         url = config["connect"]
