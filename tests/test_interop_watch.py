@@ -238,8 +238,18 @@ async def what_is_watchable(peer):
         await w.watch(f"{count} more directories and a present file", missing, u("real", "f"))
 
 
-def _mount(*args: str) -> None:
-    subprocess.run(["mount", *args], check=True, capture_output=True)
+def _private_mounts(kind: str) -> list[str]:
+    return ["unshare", "--mount", "--propagation", "private"]
+
+
+def _mount(peer, *args: str) -> None:
+    """
+    Mount or unmount in the server's own mount namespace: a change to the
+    host's table would fire every watch of every test running beside this
+    one, on both servers.
+    """
+    namespace = f"--mount=/proc/{peer.server.pid}/ns/mnt"
+    subprocess.run(["nsenter", namespace, *args], check=True, capture_output=True)
 
 
 async def mount_changes(peer):
@@ -251,12 +261,12 @@ async def mount_changes(peer):
     w = Watches(peer)
     target = peer.path("t", "mnt")
     await w.watch("watch", [peer.uri("t", "m")])
-    _mount("-t", "tmpfs", "none", target)
+    _mount(peer, "mount", "-t", "tmpfs", "none", target)
     try:
         await w.fired("a mount")
         await w.watch("watch again", [peer.uri("t", "m")])
     finally:
-        subprocess.run(["umount", target], check=True)
+        _mount(peer, "umount", target)
     await w.fired("an unmount")
 
 
@@ -271,4 +281,4 @@ class MountTests(InteropTestCase):
     if os.geteuid() != 0:
         skip = "mounting a file system needs root"
 
-    test_mount_changes = interop(mount_changes)
+    test_mount_changes = interop(mount_changes, wrapper=_private_mounts)
