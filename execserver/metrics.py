@@ -106,8 +106,18 @@ class Metrics:
         self.relay_handshake_failures = Counter(
             "exec_server_relay_handshake_failures", "Relay stream handshakes that failed.",
             ["role", "reason"], registry=registry)
+        #: Each labelled instrument once made: C{labels()} costs several
+        #: microseconds a call, and the label sets are few.
+        self._children: dict[tuple, object] = {}
         for transport in TRANSPORTS:
-            self.connections_active.labels(transport)
+            self._labelled(self.connections_active, transport)
+
+    def _labelled(self, metric, *values: str):
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def connection_opened(self, transport: str) -> Callable[[], None]:
         """
@@ -115,8 +125,8 @@ class Metrics:
 
         @return: call it once when the connection ends.
         """
-        self.connections_total.labels(transport, "accepted").inc()
-        active = self.connections_active.labels(transport)
+        self._labelled(self.connections_total, transport, "accepted").inc()
+        active = self._labelled(self.connections_active, transport)
         active.inc()
         return active.dec
 
@@ -124,8 +134,8 @@ class Metrics:
         if method not in self.known_methods:
             method = UNKNOWN_METHOD
         result = "success" if succeeded else "error"
-        self.requests_total.labels(method, result).inc()
-        self.request_duration.labels(method, result).observe(seconds)
+        self._labelled(self.requests_total, method, result).inc()
+        self._labelled(self.request_duration, method, result).observe(seconds)
 
     def process_started(self, child, clock: IReactorTime) -> None:
         """
@@ -139,8 +149,8 @@ class Metrics:
             self.processes_active.dec()
             if child.exit_code is not None:
                 outcome = "success" if child.exit_code == 0 else "failure"
-                self.processes_finished.labels(outcome).inc()
-                self.process_duration.labels(outcome).observe(clock.seconds() - started)
+                self._labelled(self.processes_finished, outcome).inc()
+                self._labelled(self.process_duration, outcome).observe(clock.seconds() - started)
             return result
 
         child.finished.addBoth(ended)
@@ -150,11 +160,11 @@ class Metrics:
         Count a relay frame of C{size} bytes going C{direction}
         (L{TO_EXECUTOR} or L{TO_HARNESS}).
         """
-        self.relay_bytes.labels(role, direction).inc(size)
+        self._labelled(self.relay_bytes, role, direction).inc(size)
         if kind is FrameKind.HANDSHAKE and direction == TO_EXECUTOR:
-            self.relay_streams.labels(role).inc()
+            self._labelled(self.relay_streams, role).inc()
         elif kind is FrameKind.RESET:
-            self.relay_resets.labels(role, direction).inc()
+            self._labelled(self.relay_resets, role, direction).inc()
 
     def relay_counter(self, role: str) -> Callable[[bool, FrameKind, int], None]:
         """
@@ -170,7 +180,7 @@ class Metrics:
         """
         @param reason: one of a few fixed words (never a peer's text).
         """
-        self.relay_handshake_failures.labels(role, reason).inc()
+        self._labelled(self.relay_handshake_failures, role, reason).inc()
 
     def rendezvous_tap(self) -> Callable[[str, str, Frame, bytes], None]:
         """
