@@ -23,6 +23,13 @@ from twisted.internet.address import IPv4Address, IPv6Address
 STDIO = "stdio"
 #: Endpoint types passed to serverFromString as they are.
 ENDPOINT_PREFIXES = ("tcp:", "tcp6:", "unix:", "systemd:")
+#: How many connections the kernel may hold for us before we accept them.
+#: Twisted's default is 50 (the reference listens with 128): a burst of a
+#: few hundred clients connecting at once overflowed it, and the kernel
+#: dropped their SYNs, which a client retries only after 1, 3, 7... s.
+LISTEN_BACKLOG = 1024
+#: Endpoint types whose socket we create, and so whose backlog we choose.
+_BACKLOG_PREFIXES = ("tcp:", "tcp6:", "unix:")
 
 _WEBSOCKET_URL = re.compile(r"ws://(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<ipv4>[0-9.]+)):(?P<port>[0-9]+)")
 
@@ -117,6 +124,16 @@ def _endpoint_description(listen: str) -> bool:
     on (C{unix:PATH}, but not a URL such as C{tcp://...}).
     """
     return listen.startswith(ENDPOINT_PREFIXES) and not listen.partition(":")[2].startswith("//")
+
+
+def with_backlog(description: str) -> str:
+    """
+    C{description} with L{LISTEN_BACKLOG} as its backlog, unless it names
+    one (or its socket is made by someone else: systemd).
+    """
+    if not description.startswith(_BACKLOG_PREFIXES) or "backlog=" in description:
+        return description
+    return f"{description}:backlog={LISTEN_BACKLOG}"
 
 
 def is_local(address) -> bool:

@@ -188,7 +188,7 @@ def listen_now(reactor, description: str, factory, where: str):
     @raise StartupError: the endpoint cannot listen (the port is taken...).
     """
     try:
-        endpoint = endpoints.serverFromString(reactor, description)
+        endpoint = endpoints.serverFromString(reactor, listening.with_backlog(description))
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise StartupError(f"cannot listen on {where}: {_endpoint_problem(e)}") from None
     outcomes: list = []

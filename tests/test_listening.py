@@ -18,7 +18,7 @@ from twisted.internet import endpoints, protocol, reactor
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
-from execserver import listening
+from execserver import listening, service
 from execserver.transports import websocket
 from tests import support
 
@@ -89,6 +89,47 @@ class ParseListenTests(unittest.SynchronousTestCase):
                 IPv4Address("TCP", "0.0.0.0", 1), IPv6Address("TCP", "::", 1),
                 IPv4Address("TCP", "192.0.2.1", 1))],
             [True, True, True, True, False, False, False])
+
+
+class BacklogTests(unittest.TestCase):
+    """
+    A burst of clients connecting while the server is busy is held by the
+    kernel until the server accepts them, not dropped.
+    """
+
+    #: More than the reference's backlog (128), far more than Twisted's (50).
+    BURST = 300
+
+    def test_descriptions(self):
+        self.assertEqual(
+            [listening.with_backlog(d) for d in (
+                "tcp:0:interface=127.0.0.1", "tcp6:0", "unix:/run/x.sock",
+                "tcp:0:backlog=5", "systemd:domain=INET:index=0")],
+            [f"tcp:0:interface=127.0.0.1:backlog={listening.LISTEN_BACKLOG}",
+             f"tcp6:0:backlog={listening.LISTEN_BACKLOG}",
+             f"unix:/run/x.sock:backlog={listening.LISTEN_BACKLOG}",
+             "tcp:0:backlog=5", "systemd:domain=INET:index=0"])
+
+    def test_burst_while_not_accepting(self):
+        port = service.listen_now(reactor, "tcp:0:interface=127.0.0.1",
+                                  protocol.Factory.forProtocol(protocol.Protocol), "test")
+        self.addCleanup(port.stopListening)
+        # Not accepting: every connection waits in the kernel's queue.
+        port.stopReading()
+        address = ("127.0.0.1", port.getHost().port)
+        clients = []
+        try:
+            for _ in range(self.BURST):
+                client = socket.socket()
+                clients.append(client)
+                # A dropped SYN is retried after 1 s, 3 s...: a full queue
+                # shows as a connect that times out.
+                client.settimeout(support.EVENT_TIMEOUT)
+                client.connect(address)
+        finally:
+            for client in clients:
+                client.close()
+        self.assertEqual(len(clients), self.BURST)
 
 
 #: Arguments both servers refuse at startup with the same line.
