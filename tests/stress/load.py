@@ -9,8 +9,11 @@ that prints and one that echoes what is written to it, checks both
 outputs, and closes. The connections close without ending their sessions,
 so the sessions wait to be resumed and expire 80 s later: the last figure
 is taken after that, once the server has had time to give memory back.
+With C{--rounds}, cycles and expiry are repeated in the same server: RSS
+that grows from one expiry to the next is a leak, RSS that stays is memory
+the allocator keeps for reuse.
 
-    python -m tests.stress.load [--sessions N] [--cycles N] [--reference]
+    python -m tests.stress.load [--sessions N] [--cycles N] [--rounds N] [--reference]
 """
 
 from __future__ import annotations
@@ -80,18 +83,20 @@ async def cycle(url: str, sessions: int) -> tuple[int, float]:
     return len(failures), common.now() - started
 
 
-async def measure(kind: str, sessions: int, cycles: int, idle: bool) -> dict:
+async def measure(kind: str, sessions: int, cycles: int, idle: bool, rounds: int = 1) -> dict:
     server = common.Server(kind)
     try:
         rows = [("start", 0, 0.0, await common.settle(server.pid, 1.0))]
-        for number in range(1, cycles + 1):
-            failed, seconds = await cycle(server.url, sessions)
-            rows.append((f"after cycle {number}", failed, seconds,
-                         await common.settle(server.pid, 2.0)))
-        if idle:
-            # Then the server gives memory back within two intervals.
-            await common.sleep(RETENTION_SECONDS + 2 * TRIM_INTERVAL_SECONDS + 2)
-            rows.append(("sessions expired", 0, 0.0, common.Resources.of(server.pid)))
+        for round_number in range(1, rounds + 1):
+            prefix = f"round {round_number}, " if rounds > 1 else ""
+            for number in range(1, cycles + 1):
+                failed, seconds = await cycle(server.url, sessions)
+                rows.append((f"{prefix}after cycle {number}", failed, seconds,
+                             await common.settle(server.pid, 2.0)))
+            if idle:
+                # Then the server gives memory back within two intervals.
+                await common.sleep(RETENTION_SECONDS + 2 * TRIM_INTERVAL_SECONDS + 2)
+                rows.append((f"{prefix}{EXPIRED}", 0, 0.0, common.Resources.of(server.pid)))
         problems = common.log_problems(server.log_text())
         alive = server.alive()
     finally:
@@ -99,31 +104,45 @@ async def measure(kind: str, sessions: int, cycles: int, idle: bool) -> dict:
     return {"rows": rows, "log_problems": problems, "alive": alive}
 
 
+#: The row taken once every session of a round has expired.
+EXPIRED = "sessions expired"
+
+
 def growth(rows) -> dict:
     """
     What grew from the first cycle to the last (fds, threads, children,
     zombies; RSS in MiB). Threads may grow up to the thread pool's bound.
+    With several rounds, also how much RSS grew from the first round's
+    expiry to the last's: memory that later rounds do not reuse.
     """
-    first, last = rows[1][3], rows[-1][3] if rows[-1][0] != "sessions expired" else rows[-2][3]
-    return {"fds": last.fds - first.fds, "threads": last.threads - first.threads,
+    cycles = [row for row in rows[1:] if not row[0].endswith(EXPIRED)]
+    first, last = cycles[0][3], cycles[-1][3]
+    grew = {"fds": last.fds - first.fds, "threads": last.threads - first.threads,
             "children": last.children - first.children, "zombies": last.zombies,
             "rss_mib": round(last.rss_mib - first.rss_mib, 1)}
+    expired = [row[3] for row in rows if row[0].endswith(EXPIRED)]
+    if len(expired) > 1:
+        grew["rss_mib_between_expiries"] = round(expired[-1].rss_mib - expired[0].rss_mib, 1)
+    return grew
 
 
 async def main(args) -> common.Report:
     command = f"python -m tests.stress.load --sessions {args.sessions} --cycles {args.cycles}"
+    if args.rounds > 1:
+        command += f" --rounds {args.rounds}"
     if args.reference:
         command += " --reference"
     if not args.idle:
         command += " --no-idle"
     report = common.Report(
-        f"Load: {args.sessions} concurrent sessions, {args.cycles} cycles", command,
+        f"Load: {args.sessions} concurrent sessions, {args.cycles} cycles"
+        + (f", {args.rounds} rounds" if args.rounds > 1 else ""), command,
         ("server", "when", "failed sessions", "cycle (s)", "RSS (MiB)", "fds", "threads",
          "children", "zombies"))
     kinds = ["ours"] + (["reference"] if args.reference else [])
     ok = True
     for kind in kinds:
-        result = await measure(kind, args.sessions, args.cycles, args.idle)
+        result = await measure(kind, args.sessions, args.cycles, args.idle, args.rounds)
         for when, failed, seconds, resources in result["rows"]:
             report.add(kind, when, failed, round(seconds, 1), round(resources.rss_mib, 1),
                        resources.fds, resources.threads, resources.children, resources.zombies)
@@ -150,6 +169,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--sessions", type=int, default=500)
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--reference", action="store_true", help="also load the reference")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the cycles and the wait for expiry this often in one server")
     parser.add_argument("--no-idle", dest="idle", action="store_false",
                         help="do not wait for the sessions to expire")
     return parser
