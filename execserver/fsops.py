@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import operator
 import os
 import shutil
 import stat
@@ -501,6 +502,9 @@ def walk(root_uri: str, root: bytes, options: dict) -> dict:
     to directories listed and entered only when following them; every
     examined name counts toward C{maxEntries} (broken links are not
     examined); the answer stops growing at L{WALK_RESPONSE_BUDGET}.
+
+    The entries are C{(uri, kind)} pairs, the kind C{"file"} or
+    C{"directory"} (tens of thousands of them: pairs cost less than dicts).
     """
     follow = options["followDirectorySymlinks"]
     result = {"entries": [], "errors": [], "truncated": False}
@@ -551,51 +555,126 @@ class _Walker:
                 continue
             self._walk_directory(uri, path, depth, listing)
 
-    def _walk_directory(self, uri: str, path: bytes, depth: int, listing: list) -> None:
+    def _walk_directory(self, uri: str, path: bytes, depth: int, listing: list[os.DirEntry]) -> None:
         base = uri[:-1] if uri.endswith("/") else uri
         prefix = path.rstrip(b"/") + b"/"
         # Once one entry of a directory could be stat'ed, the directory is
         # searchable and the types the listing gave are as good as a stat.
+        done = 0
         types_known = False
-        for name, entry, link_mode in listing:
-            if self.examined >= self.max_entries:
-                raise _WalkFull()
-            self.examined += 1
-            real_path = prefix + name
-            segment = paths.literal_segment(name) if base != "file://" else None
-            if segment is not None:
-                child, child_path = base + "/" + segment, real_path
+        while done < len(listing) and not types_known:
+            types_known = self._examine(uri, base, prefix, depth, listing[done], False)
+            done += 1
+        if done < len(listing):
+            done = self._walk_plain(uri, base, prefix, depth, listing, done)
+        for entry in listing[done:]:
+            self._examine(uri, base, prefix, depth, entry, True)
+
+    def _examine(self, uri: str, base: str, prefix: bytes, depth: int, entry: os.DirEntry,
+                 types_known: bool) -> bool:
+        """
+        Walk one entry of a directory; whether its types are now known.
+        """
+        try:
+            link_mode = entry.stat().st_mode if entry.is_symlink() else None
+        except OSError:
+            return types_known  # a broken link
+        if self.examined >= self.max_entries:
+            raise _WalkFull()
+        self.examined += 1
+        name = entry.name
+        real_path = prefix + name
+        segment = paths.literal_segment(name) if base != "file://" else None
+        if segment is not None:
+            child, child_path = base + "/" + segment, real_path
+        else:
+            child = paths.child_uri(uri, name)
+            # For a name the URI cannot spell, the reference finds the
+            # entry again through its URI, which names something else.
+            child_path = real_path if paths.names_host_path(name) else paths.to_host_path(child)
+        try:
+            if child_path != real_path:
+                mode = os.stat(child_path).st_mode
+            elif link_mode is not None:
+                mode = link_mode
+            elif types_known:
+                mode = _DIRECTORY if entry.is_dir(follow_symlinks=False) else (
+                    _FILE if entry.is_file(follow_symlinks=False) else 0)
             else:
-                child = paths.child_uri(uri, name)
-                # For a name the URI cannot spell, the reference finds the
-                # entry again through its URI, which names something else.
-                child_path = real_path if paths.names_host_path(name) else paths.to_host_path(child)
+                mode = os.stat(real_path).st_mode
+                types_known = True
+        except OSError as e:
+            self._error(child, e)
+            return types_known
+        if link_mode is not None and not (self.follow and stat.S_ISDIR(mode)):
+            return types_known
+        if stat.S_ISDIR(mode):
+            kind = "directory"
+        elif stat.S_ISREG(mode):
+            kind = "file"
+        else:
+            return types_known
+        self._spend(len(child) + WALK_ITEM_COST)
+        self.entries.append((child, kind))
+        if kind == "directory":
+            self._enqueue(child, child_path, depth, name)
+        return types_known
+
+    def _walk_plain(self, uri: str, base: str, prefix: bytes, depth: int,
+                    listing: list[os.DirEntry], start: int) -> int:
+        """
+        Walk the rest of a directory whose types are known from C{start}
+        on, its plain files and directories without a call per entry for
+        the limits and the URI; where it stopped. It stops at once when a
+        name needs encoding or a limit could be reached in the directory,
+        and wherever that becomes possible: L{_examine} walks what is left.
+        """
+        if base == "file://" or self.examined + len(listing) - start > self.max_entries:
+            return start
+        segments = paths.literal_segments([entry.name for entry in listing[start:]])
+        if segments is None:
+            return start
+        child_prefix = base + "/"
+        item_cost = len(child_prefix) + WALK_ITEM_COST
+        names_left = sum(map(len, segments))
+        if self.used + len(segments) * item_cost + names_left > WALK_RESPONSE_BUDGET:
+            return start
+        entries = self.entries
+        run = 0  # where the current run of plain entries began
+        listed = len(entries)  # the entries listed before it
+        for entry, segment in zip(listing[start:], segments):
             try:
-                if child_path != real_path:
-                    mode = os.stat(child_path).st_mode
-                elif link_mode is not None:
-                    mode = link_mode
-                elif types_known:
-                    mode = _DIRECTORY if entry.is_dir(follow_symlinks=False) else (
-                        _FILE if entry.is_file(follow_symlinks=False) else 0)
-                else:
-                    mode = os.stat(real_path).st_mode
-                    types_known = True
-            except OSError as e:
-                self._error(child, e)
-                continue
-            if link_mode is not None and not (self.follow and stat.S_ISDIR(mode)):
-                continue
-            if stat.S_ISDIR(mode):
-                kind = "directory"
-            elif stat.S_ISREG(mode):
-                kind = "file"
-            else:
-                continue
-            self._spend(len(child) + WALK_ITEM_COST)
-            self.entries.append({"path": child, "kind": kind})
-            if kind == "directory":
-                self._enqueue(child, child_path, depth, name)
+                if entry.is_file(follow_symlinks=False):
+                    entries.append((child_prefix + segment, "file"))
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    child = child_prefix + segment
+                    entries.append((child, "directory"))
+                    self._enqueue(child, prefix + entry.name, depth, entry.name)
+                    continue
+            except OSError:
+                pass
+            # Anything else (a link, another type, an error) one by one; an
+            # error costs more than its entry's share of the bound.
+            index = run + len(entries) - listed
+            names_left -= self._settle(segments[run:index], item_cost) + len(segment)
+            self._examine(uri, base, prefix, depth, entry, True)
+            run = index + 1
+            listed = len(entries)
+            if self.used + (len(segments) - run) * item_cost + names_left > WALK_RESPONSE_BUDGET:
+                return start + run
+        self._settle(segments[run:], item_cost)
+        return len(listing)
+
+    def _settle(self, run: list[str], item_cost: int) -> int:
+        """
+        Count a run of entries that L{_walk_plain} listed; the length of its
+        names.
+        """
+        names = sum(map(len, run))
+        self.examined += len(run)
+        self.used += len(run) * item_cost + names
+        return names
 
     def _enqueue(self, uri: str, path: bytes, depth: int, name: bytes) -> None:
         if depth >= self.max_depth or (self.prune_hidden and name.startswith(b".")):
@@ -628,23 +707,15 @@ class _Walker:
 
 _DIRECTORY = stat.S_IFDIR
 _FILE = stat.S_IFREG
+_NAME = operator.attrgetter("name")
 
 
-def _listing(path: bytes) -> list[tuple[bytes, os.DirEntry, int | None]]:
+def _listing(path: bytes) -> list[os.DirEntry]:
     """
-    A directory's entries sorted by name, without broken symbolic links;
-    each with its target's mode if it is a link.
+    A directory's entries sorted by name.
     """
-    listing = []
     with os.scandir(path) as entries:
-        for entry in entries:
-            try:
-                link_mode = entry.stat().st_mode if entry.is_symlink() else None
-            except OSError:
-                continue
-            listing.append((entry.name, entry, link_mode))
-    listing.sort(key=lambda item: item[0])
-    return listing
+        return sorted(entries, key=_NAME)
 
 
 def open_file(path: bytes, mode: str) -> int:

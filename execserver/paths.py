@@ -53,6 +53,8 @@ _DOUBLE_DOT = frozenset(("..", ".%2e", ".%2E", "%2e.", "%2E.", "%2e%2e", "%2e%2E
 _SINGLE_DOT = frozenset((".", "%2e", "%2E"))
 
 _LITERAL_SEGMENT = re.compile(rb"[A-Za-z0-9!$&'()*+,;=:@\[\]^|~._-]+")
+#: Names joined by slashes (which no name contains), each of them literal.
+_LITERAL_SEGMENTS = re.compile(rb"[A-Za-z0-9!$&'()*+,;=:@\[\]^|~._/-]*")
 
 _DRIVE = re.compile(r"/([A-Za-z])(:|%3[aA])(/|$)")
 _FALLBACK_PAYLOAD = re.compile(r"[A-Za-z0-9_-]+")
@@ -484,6 +486,17 @@ def literal_segment(name: bytes) -> str | None:
     if _LITERAL_SEGMENT.fullmatch(name) is None:
         return None
     return name.decode("ascii")
+
+
+def literal_segments(names: list[bytes]) -> list[str] | None:
+    """
+    L{literal_segment} of a directory's names (none empty, none with a
+    slash) in one pass, or None if any of them needs encoding.
+    """
+    joined = b"/".join(names)
+    if _LITERAL_SEGMENTS.fullmatch(joined) is None:
+        return None
+    return joined.decode("ascii").split("/")
 
 
 def names_host_path(name: bytes) -> bool:

@@ -637,6 +637,21 @@ class WalkTests(FsTestCase):
         self.assertEqual([entry["path"] for entry in result["entries"]], first)
         self.assertTrue(result["truncated"])
 
+    async def test_the_size_budget_cuts_at_the_entry_that_would_exceed_it(self):
+        from execserver import fsops
+
+        whole = await self.walk()
+        self.assertFalse(whole["truncated"])
+        listed = [entry["path"] for entry in whole["entries"]]
+        for count in range(len(listed)):
+            cost = sum(len(uri) + fsops.WALK_ITEM_COST for uri in listed[:count + 1])
+            for budget in (cost - 1, cost):
+                self.patch(fsops, "WALK_RESPONSE_BUDGET", budget)
+                result = await self.walk()
+                kept = count + 1 if budget == cost else count
+                self.assertEqual([entry["path"] for entry in result["entries"]], listed[:kept])
+                self.assertEqual(result["truncated"], kept < len(listed))
+
     async def test_each_directory_is_entered_once(self):
         os.symlink(self.r, self.path("w", "r", "a", "toroot"))
         os.symlink("../b", self.path("w", "r", "a", "tob"))
@@ -845,15 +860,15 @@ class ResponsivenessTests(unittest.TestCase):
 
 class WalkJsonTests(unittest.TestCase):
     def test_a_walk_result_serializes_as_the_generic_encoder_would(self):
-        result = {
-            "entries": [
-                {"path": "file:///a/plain", "kind": "file"},
-                {"path": 'file:///a/"quoted"\\back\u00e9\u2028\x01', "kind": "directory"},
-            ],
-            "errors": [{"path": "file:///a/x", "message": "Permission denied (os error 13)"}],
+        # fsops.walk gives its entries as (uri, kind) pairs.
+        entries = [("file:///a/plain", "file"),
+                   ('file:///a/"quoted"\\back\u00e9\u2028\x01', "directory")]
+        errors = [{"path": "file:///a/x", "message": "Permission denied (os error 13)"}]
+        raw = filesystem.walk_json({"entries": entries, "errors": errors, "truncated": True})
+        self.assertEqual(b"".join(raw.parts), wirejson.dumps({
+            "entries": [{"path": path, "kind": kind} for path, kind in entries],
+            "errors": errors,
             "truncated": True,
-        }
-        raw = filesystem.walk_json(result)
-        self.assertEqual(b"".join(raw.parts), wirejson.dumps(result))
+        }))
         empty = {"entries": [], "errors": [], "truncated": False}
         self.assertEqual(b"".join(filesystem.walk_json(empty).parts), wirejson.dumps(empty))

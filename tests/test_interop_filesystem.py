@@ -629,6 +629,29 @@ async def walk_odd_names(peer):
                     label="odd names with a namesake")
 
 
+async def walk_plain_runs(peer):
+    """
+    Runs of plain files and directories broken by a FIFO, a link and a name
+    that needs encoding, cut by maxEntries at every position: our walk
+    takes such runs in one go and everything else entry by entry.
+    """
+    await peer.handshake()
+    runs = peer.path("runs")
+    for directory in ("d1", "d3", "sp ace", "d3/e1"):
+        os.makedirs(os.path.join(runs, directory))
+    for name in ("a1", "a2", "b1", "b2", "c1", "e2", "f1", "z1", "d1/x1", "d1/x2", "d1/x4",
+                 "d3/y1", "sp ace/s1", "d3/e1/deep"):
+        write(os.path.join(runs, name), b"")
+    os.mkfifo(os.path.join(runs, "b3fifo"))
+    os.mkfifo(os.path.join(runs, "d1", "x3fifo"))
+    os.symlink("d1", os.path.join(runs, "e3link"))
+    for entries in range(1, 27):
+        for follow in (False, True):
+            options = dict(WALK_ALL, maxEntries=entries, maxDepth=1, followDirectorySymlinks=follow)
+            await peer.call("fs/walk", {"path": peer.uri("runs"), "options": options},
+                            label=f"maxEntries {entries} follow={follow}")
+
+
 async def open_read(peer):
     await peer.handshake()
     s = tree(peer)
@@ -1029,6 +1052,7 @@ class WalkTests(InteropTestCase):
     test_counting = interop(walk_counting)
     test_loops = interop(walk_loops)
     test_odd_names = interop(walk_odd_names)
+    test_plain_runs = interop(walk_plain_runs)
 
 
 class HandleTests(InteropTestCase):
