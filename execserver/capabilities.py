@@ -272,7 +272,7 @@ def discover_root(root_id: str, root: str, restriction: str | None = None) -> di
     if walk["truncated"]:
         warnings.append(f"capability scan reached its traversal limit (root: {root})")
 
-    files = [path for path, kind in walk["entries"] if kind == "file"]
+    files = [path for path, kind in zip(walk["paths"], walk["kinds"]) if kind == "file"]
     skill_paths = sorted(uri for uri in files if uri_basename(uri) == SKILL_FILE_NAME)
     manifest_paths = sorted(
         (uri for uri in files if _manifest_priority(uri) is not None),

@@ -503,11 +503,13 @@ def walk(root_uri: str, root: bytes, options: dict) -> dict:
     examined name counts toward C{maxEntries} (broken links are not
     examined); the answer stops growing at L{WALK_RESPONSE_BUDGET}.
 
-    The entries are C{(uri, kind)} pairs, the kind C{"file"} or
-    C{"directory"} (tens of thousands of them: pairs cost less than dicts).
+    The entries come as two lists, C{paths} (URIs) and C{kinds}
+    (C{"file"} or C{"directory"}): a dict or a tuple per entry would be
+    tens of thousands of objects for the cycle collector, whose full passes
+    over the server's heap (30 to 40 ms each) then came every few walks.
     """
     follow = options["followDirectorySymlinks"]
-    result = {"entries": [], "errors": [], "truncated": False}
+    result = {"paths": [], "kinds": [], "errors": [], "truncated": False}
     if not stat.S_ISDIR(os.stat(root).st_mode):
         return result
     if not follow and stat.S_ISLNK(os.lstat(root).st_mode):
@@ -533,7 +535,8 @@ class _Walker:
         self.max_entries = options["maxEntries"]
         self.follow = options["followDirectorySymlinks"]
         self.prune_hidden = options["pruneHiddenDirectories"]
-        self.entries = result["entries"]
+        self.paths = result["paths"]
+        self.kinds = result["kinds"]
         self.errors = result["errors"]
         self.result = result
         self.examined = 0
@@ -615,7 +618,8 @@ class _Walker:
         else:
             return types_known
         self._spend(len(child) + WALK_ITEM_COST)
-        self.entries.append((child, kind))
+        self.paths.append(child)
+        self.kinds.append(kind)
         if kind == "directory":
             self._enqueue(child, child_path, depth, name)
         return types_known
@@ -639,28 +643,30 @@ class _Walker:
         names_left = sum(map(len, segments))
         if self.used + len(segments) * item_cost + names_left > WALK_RESPONSE_BUDGET:
             return start
-        entries = self.entries
+        uris, kinds = self.paths, self.kinds
         run = 0  # where the current run of plain entries began
-        listed = len(entries)  # the entries listed before it
+        listed = len(uris)  # the entries listed before it
         for entry, segment in zip(listing[start:], segments):
             try:
                 if entry.is_file(follow_symlinks=False):
-                    entries.append((child_prefix + segment, "file"))
+                    uris.append(child_prefix + segment)
+                    kinds.append("file")
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     child = child_prefix + segment
-                    entries.append((child, "directory"))
+                    uris.append(child)
+                    kinds.append("directory")
                     self._enqueue(child, prefix + entry.name, depth, entry.name)
                     continue
             except OSError:
                 pass
             # Anything else (a link, another type, an error) one by one; an
             # error costs more than its entry's share of the bound.
-            index = run + len(entries) - listed
+            index = run + len(uris) - listed
             names_left -= self._settle(segments[run:index], item_cost) + len(segment)
             self._examine(uri, base, prefix, depth, entry, True)
             run = index + 1
-            listed = len(entries)
+            listed = len(uris)
             if self.used + (len(segments) - run) * item_cost + names_left > WALK_RESPONSE_BUDGET:
                 return start + run
         self._settle(segments[run:], item_cost)

@@ -860,15 +860,15 @@ class ResponsivenessTests(unittest.TestCase):
 
 class WalkJsonTests(unittest.TestCase):
     def test_a_walk_result_serializes_as_the_generic_encoder_would(self):
-        # fsops.walk gives its entries as (uri, kind) pairs.
-        entries = [("file:///a/plain", "file"),
-                   ('file:///a/"quoted"\\back\u00e9\u2028\x01', "directory")]
+        # fsops.walk gives its entries as two lists.
+        paths = ["file:///a/plain", 'file:///a/"quoted"\\back\u00e9\u2028\x01']
+        kinds = ["file", "directory"]
         errors = [{"path": "file:///a/x", "message": "Permission denied (os error 13)"}]
-        raw = filesystem.walk_json({"entries": entries, "errors": errors, "truncated": True})
+        raw = filesystem.walk_json({"paths": paths, "kinds": kinds, "errors": errors, "truncated": True})
         self.assertEqual(b"".join(raw.parts), wirejson.dumps({
-            "entries": [{"path": path, "kind": kind} for path, kind in entries],
+            "entries": [{"path": path, "kind": kind} for path, kind in zip(paths, kinds)],
             "errors": errors,
             "truncated": True,
         }))
-        empty = {"entries": [], "errors": [], "truncated": False}
-        self.assertEqual(b"".join(filesystem.walk_json(empty).parts), wirejson.dumps(empty))
+        empty = filesystem.walk_json({"paths": [], "kinds": [], "errors": [], "truncated": False})
+        self.assertEqual(b"".join(empty.parts), wirejson.dumps({"entries": [], "errors": [], "truncated": False}))
