@@ -21,6 +21,7 @@ import pybase64
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 
 from execserver import paths
+from execserver.client.encoding import decode_base64
 from execserver.client.errors import HandleLost
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class FileSystem:
         reading = self._client.call("fs/readFile", {
             "path": as_uri(path), "followSymlinks": follow_symlinks,
         })
-        return reading.addCallback(lambda result: pybase64.b64decode(result["dataBase64"]))
+        return reading.addCallback(lambda result: decode_base64(result["dataBase64"]))
 
     def write_file(self, path, data: bytes, follow_symlinks: bool = True) -> Deferred:
         return self._client.call("fs/writeFile", {
@@ -247,7 +248,7 @@ class FileHandle:
             "handleId": self.handle_id, "offset": offset, "len": length,
         })
         return reading.addCallback(
-            lambda result: (pybase64.b64decode(result["chunk"]), result["eof"]))
+            lambda result: (decode_base64(result["chunk"]), result["eof"]))
 
     def write_block(self, offset: int, data: bytes) -> Deferred:
         return self._call("fs/writeBlock", {

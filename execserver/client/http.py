@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from execserver.client.encoding import decode_base64
 from execserver.client.errors import ClientError, HandleLost, ProtocolViolation
 from execserver.client.process import Observer
 
@@ -131,7 +132,7 @@ class BodyStream:
             ))
             return
         self._next_seq += 1
-        data = pybase64.b64decode(params["deltaBase64"])
+        data = decode_base64(params["deltaBase64"])
         if data:
             if self._receiver is None:
                 self._early.append(data)
@@ -232,7 +233,7 @@ class Http:
             pairs = [(header["name"], header["value"]) for header in result["headers"]]
             if body_stream is not None:
                 return HttpResponse(result["status"], pairs, None, body_stream)
-            return HttpResponse(result["status"], pairs, pybase64.b64decode(result["bodyBase64"]))
+            return HttpResponse(result["status"], pairs, decode_base64(result["bodyBase64"]))
 
         def failed(reason: Failure) -> Failure:
             if body_stream is not None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import pybase64
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -43,6 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from execserver import rpc
+from execserver.client.encoding import decode_base64
 from execserver.client.errors import (
     ClientError,
     ConnectionDropped,
@@ -479,7 +479,7 @@ class ProcessHandle:
         receiver = self.receiver
         try:
             if kind is OUTPUT:
-                receiver.outputReceived(event[1], pybase64.b64decode(event[2]))
+                receiver.outputReceived(event[1], decode_base64(event[2]))
             elif kind is EXITED:
                 self.exit_code = event[1]
                 self.sandbox_denied = event[2]
