@@ -505,8 +505,9 @@ def walk(root_uri: str, root: bytes, options: dict) -> dict:
 
     The entries come as two lists, C{paths} (URIs) and C{kinds}
     (C{"file"} or C{"directory"}): a dict or a tuple per entry would be
-    tens of thousands of objects for the cycle collector, whose full passes
-    over the server's heap (30 to 40 ms each) then came every few walks.
+    tens of thousands of objects for the cycle collector, which then ran
+    about ten times per walk, now and then a full pass over the server's
+    heap (30 to 70 ms).
     """
     follow = options["followDirectorySymlinks"]
     result = {"paths": [], "kinds": [], "errors": [], "truncated": False}
