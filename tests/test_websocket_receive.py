@@ -182,6 +182,14 @@ class ReceiveTests(unittest.TestCase):
         await support.with_timeout(recorder.until(4))
         self.assertEqual(recorder.messages, [b"abcdef", b"gh"] * 2)
 
+    async def test_a_frame_begun_before_the_client_closes_arrives(self):
+        server, recorder, transport = await self.connected()
+        stream = frame(b"hello" * 100) + frame(b"after")
+        self.feed(transport, stream[:300], [1, 3, 100])
+        transport.loseConnection()
+        self.feed(transport, stream[300:], [])
+        self.assertEqual(recorder.messages, [b"hello" * 100, b"after"])
+
     async def test_a_masked_frame_ends_the_connection(self):
         server, recorder, transport = await self.connected()
         server.transport.write(frame(b"one") + frame(b"masked", mask=b"\x01\x02\x03\x04") + frame(b"two"))

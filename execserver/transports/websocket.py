@@ -408,7 +408,15 @@ class _ClientProtocol(WebSocketClientProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         unread = self._unread
-        if unread is None or not self._between_messages():
+        if unread is None:
+            self._dataReceived(data)
+            return
+        if not self._between_messages():
+            # Closing since the start of a frame was read: autobahn reads
+            # on, from that start.
+            if unread:
+                data = bytes(unread) + data
+                unread.clear()
             self._dataReceived(data)
             return
         unread += data
