@@ -332,10 +332,15 @@ class _Diagnoser:
             # Charge what it read (up to where it stopped, when it says).
             self.skip_budget -= getattr(e, "pos", len(self.data)) - self.index
             return False
-        if "\\u" in self.text[self.index:end] and _SURROGATE_ESCAPE.search(self.text, self.index, end):
-            return False
-        count = _count_values(value, RECURSION_LIMIT - self.depth + 1, MAX_VALUES - self.values + 1)
+        count = None
+        if not ("\\u" in self.text[self.index:end]
+                and _SURROGATE_ESCAPE.search(self.text, self.index, end)):
+            count = _count_values(value, RECURSION_LIMIT - self.depth + 1,
+                                  MAX_VALUES - self.values + 1)
         if count is None:
+            # Read in vain too: a container nested too deep is read again
+            # at each level it is entered otherwise.
+            self.skip_budget -= end - self.index
             return False
         self.values += count - 1
         self.index = end

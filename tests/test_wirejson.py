@@ -65,6 +65,30 @@ class LimitTests(unittest.SynchronousTestCase):
             "recursion limit exceeded at line 1 column 157",
         )
 
+    def test_a_container_nested_too_deep_is_read_a_few_times(self):
+        """
+        Valid JSON nested past the limit (but not so deep that the C
+        parser gives up): the C parser accepts it at every level, and each
+        time the diagnoser cannot step over it; it must not be read again
+        at each of the 128 levels (the fuzzer's 5 KiB messages of nested
+        objects took 60 ms each on the reactor thread).
+        """
+        message = self.message('{"a":' * 400 + "1" + "}" * 400).encode()
+        expected = "recursion limit exceeded at line 1 column 661"
+        walked = wirejson._Diagnoser(message)
+        walked.text = None
+        self.assertEqual(walked.diagnose(), expected)
+        reads = []
+        decode = wirejson._raw_decode
+
+        def counted(text, start):
+            reads.append(start)
+            return decode(text, start)
+
+        self.patch(wirejson, "_raw_decode", counted)
+        self.assertEqual(detail(message), expected)
+        self.assertLessEqual(len(reads), 5)
+
     def test_duplicate_keys_anywhere(self):
         self.assertEqual(
             detail('{"id":1,"method":"x","params":{"a":{"b":{"b":1,"b":2}}}}'),
