@@ -9,6 +9,11 @@ not even parsed until the current one has its reply. With
 C{--concurrent-requests N} (N >= 2), requests after C{initialized} run
 concurrently in two lanes of N: a control lane for cheap requests that must
 stay responsive and an ordinary lane for the rest.
+
+Connections take turns on the reactor thread (L{execserver.turns}): one
+message each, round robin, with the reactor's I/O in between every couple
+of milliseconds, so that a connection sending as fast as it can does not
+hold up another's request.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from execserver.extensions import ACK_FIELD
 from execserver.metrics import Metrics
 from execserver.process import MAX_UNACKNOWLEDGED_BYTES, MAX_UNACKNOWLEDGED_CHUNKS
 from execserver.session import Session, SessionRegistry
+from execserver.turns import Turns
 
 log = Logger()
 
@@ -102,6 +108,8 @@ class ExecServer:
         #: How long a connection may take to send initialize; 0: forever.
         self.handshake_timeout = handshake_timeout
         self.registry = SessionRegistry(reactor, self.clock, guardian)
+        #: The connections' turns on the reactor thread.
+        self.turns = Turns(self.clock)
         self._connection_ids = itertools.count(1)
         self.threadpool = threadpool
         #: Counted whether or not anyone scrapes them.
@@ -202,6 +210,7 @@ class ServerConnection:
             return
         self.connected = False
         audit.record("connection.close", connection=self.id)
+        self.server.turns.leave(self)
         self._queue.clear()
         self._queued_bytes = 0
         for pending in list(self._in_flight):
@@ -265,13 +274,29 @@ class ServerConnection:
     # Dispatch
 
     def _drain(self) -> None:
-        while self._queue and not self._busy and self.connected:
+        """
+        Serve what is queued, in this connection's turns.
+        """
+        if self._servable():
+            self.server.turns.want(self)
+
+    def _servable(self) -> bool:
+        return bool(self._queue) and not self._busy and self.connected
+
+    def serve_next(self) -> bool:
+        """
+        Serve the next queued message (our turn); whether another may
+        follow at once.
+        """
+        if self._servable():
             data = self._queue.popleft()
             self._queued_bytes -= len(data)
             pending = self._handle(data)
             if pending is not None:
                 self._busy = True
                 pending.addBoth(self._unblock)
+            self._update_reading()
+        return self._servable()
 
     def _unblock(self, _: Any) -> None:
         self._busy = False

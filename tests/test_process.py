@@ -146,6 +146,8 @@ class LifecycleTests(ProcessTestCase):
         await self.run_process("a", ["/bin/true"])
         self.clock.advance(30)
         await self.run_process("b", ["/bin/true"])
+        # The server's turn on the reactor thread ends with its iteration.
+        self.clock.advance(0)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.clock.advance(CLOSED_RETENTION_SECONDS - 30)
         reply = await self.call("process/read", {"processId": "a"})
@@ -155,6 +157,7 @@ class LifecycleTests(ProcessTestCase):
         self.clock.advance(30)
         reply = await self.call("process/read", {"processId": "b"})
         self.assertEqual(reply["error"], {"code": -32600, "message": "unknown process id b"})
+        self.clock.advance(0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 

@@ -10,6 +10,7 @@ from twisted.trial import unittest
 
 from execserver import params as P
 from execserver.server import HANDSHAKE_TIMEOUT_SECONDS, MAX_BACKLOG_MESSAGES, Method
+from execserver.turns import TURN_SECONDS
 
 from tests.support import attach, build_exec_server, handshake, send
 
@@ -285,6 +286,90 @@ class SerialOrderTests(ConnectionTestCase):
         self.assertEqual(other_transport.take()[0]["result"]["sessionId"], session_id)
         self.clock.advance(5)
         self.assertEqual(self.transport.sent, [])
+
+
+class IterationClock(task.Clock):
+    """
+    A clock whose L{iterate} runs what is due as one reactor iteration
+    does: what those calls schedule for now waits for the next one.
+    """
+
+    def iterate(self) -> None:
+        due = [call for call in self.calls if call.getTime() <= self.seconds()]
+        for call in due:
+            self.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
+
+
+class FairnessTests(ConnectionTestCase):
+    """
+    Connections take turns on the reactor thread: one with many messages
+    queued does not keep another's waiting behind them all.
+    """
+
+    def setUp(self):
+        self.clock = IterationClock()
+        self.server = build_exec_server(self, self.clock, self.concurrency)
+        self.connection, self.transport = attach(self.server)
+        #: (connection, request id) of each costly request, as served.
+        self.served = []
+
+        def costly(connection, params):
+            self.served.append((connection.id, params))
+            # The reactor thread is busy meanwhile: time passes and no
+            # timer runs.
+            self.clock.rightNow += TURN_SECONDS / 2
+            return {}
+
+        self.server.methods = dict(self.server.methods, costly=Method("exec", P.AnyValue(), costly))
+        handshake(self.connection, self.transport)
+        self.other, self.other_transport = attach(self.server)
+        handshake(self.other, self.other_transport)
+        # The turn of the handshakes ends.
+        self.clock.iterate()
+
+    def test_another_connection_waits_for_one_message_each_turn(self):
+        busy, other = self.connection.id, self.other.id
+        for n in range(10):
+            send(self.connection, {"id": n, "method": "costly", "params": n})
+        # The turn is over after two; the rest wait.
+        self.assertEqual(self.served, [(busy, 0), (busy, 1)])
+        send(self.other, {"id": 1, "method": "costly", "params": 100})
+        self.assertEqual(self.other_transport.take(), [])
+        self.clock.iterate()
+        self.assertEqual(self.served[2:], [(busy, 2), (other, 100)])
+        self.assertEqual(self.other_transport.take(), [{"id": 1, "result": {}}])
+        self.clock.iterate()
+        self.assertEqual(self.served[4:], [(busy, 3), (busy, 4)])
+        self.clock.advance(0)
+        self.assertEqual([id for _, id in self.served], [0, 1, 2, 100, *range(3, 10)])
+        self.assertEqual([m["id"] for m in self.transport.take()], list(range(10)))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_queued_messages_served_in_later_turns_let_the_reading_resume(self):
+        # Two are served in the first turn.
+        for n in range(MAX_BACKLOG_MESSAGES + 3):
+            send(self.connection, {"id": n, "method": "costly", "params": n})
+        self.assertFalse(self.transport.reading)
+        self.clock.advance(0)
+        self.assertTrue(self.transport.reading)
+        self.assertEqual(len(self.transport.take()), MAX_BACKLOG_MESSAGES + 3)
+
+    def test_closed_connections_leave_no_turn_behind(self):
+        for n in range(5):
+            send(self.connection, {"id": n, "method": "costly", "params": n})
+        send(self.other, {"id": 1, "method": "costly", "params": 100})
+        self.connection.connectionLost(None)
+        self.assertNotEqual(self.due_now(), [])
+        self.other.connectionLost(None)
+        self.assertEqual(self.due_now(), [])
+        self.assertEqual(len(self.served), 2)
+
+    def due_now(self) -> list:
+        # The detached sessions' expiry is not; a turn is.
+        return [call for call in self.clock.getDelayedCalls()
+                if call.getTime() <= self.clock.seconds()]
 
 
 class ConcurrentLaneTests(ConnectionTestCase):
