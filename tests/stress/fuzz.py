@@ -7,7 +7,8 @@ JSON-RPC: C{--connections} fuzzing connections each send batches of
 messages from a seeded generator (L{tests.stress.rpcfuzz}), the same
 messages to both servers, until C{--messages} have been sent in all. A
 victim connection reads a file over and over, checking its content and
-timing each answer. Afterwards: is the server alive, does its log hold an
+timing each answer, from a process of its own (L{tests.stress.victim}).
+Afterwards: is the server alive, does its log hold an
 unhandled error, did a connection get stuck, were the victim's answers
 right and how fast (p50/p99, next to the same victim without fuzzers).
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import random
 
@@ -29,10 +29,8 @@ from zope.interface import implementer
 
 from execserver.interfaces import IMessageProtocol
 from execserver.transports import websocket
-from tests.stress import common, relayfuzz, rpcfuzz
-from tests.stress.fuzzing import FuzzCounts, Victim, alongside, confinement_probe, timeout
-
-VICTIM_CONTENT = bytes(range(256)) * 16
+from tests.stress import common, relayfuzz, rpcfuzz, victim as victims
+from tests.stress.fuzzing import FuzzCounts, Victim, confinement_probe, timeout
 #: Victim requests timed without fuzzers, for comparison.
 BASELINE_REQUESTS = 300
 
@@ -133,24 +131,16 @@ def _initializes(seed: int):
         yield rng.random() < 0.85
 
 
-async def _victim(url: str, scratch: str) -> tuple[Victim, common.Client]:
+async def _victim(url: str, scratch: str) -> tuple[Victim, common.Client, str]:
     client = await common.connect(url)
     path = "file://" + os.path.join(scratch, "victim", "file")
     await client.call("fs/createDirectory", {"path": "file://" + os.path.join(scratch, "victim"),
                                              "recursive": True})
     written = await client.call("fs/writeFile", {
-        "path": path, "dataBase64": base64.b64encode(VICTIM_CONTENT).decode()})
+        "path": path, "dataBase64": base64.b64encode(victims.CONTENT).decode()})
     if "result" not in written:
         raise RuntimeError(f"victim file not written: {written}")
-
-    async def ask():
-        reply = await timeout(client.call("fs/readFile", {"path": path}))
-        data = reply.get("result", {}).get("dataBase64")
-        if data is None or base64.b64decode(data) != VICTIM_CONTENT:
-            return f"unexpected answer {json.dumps(reply)[:200]}"
-        return None
-
-    return Victim(ask), client
+    return Victim(victims.asker(client, path)), client, path
 
 
 async def rpc_side(kind: str, messages: int, connections: int, seed: int) -> dict:
@@ -161,12 +151,12 @@ async def rpc_side(kind: str, messages: int, connections: int, seed: int) -> dic
     scratch = server.home
     os.makedirs(os.path.join(scratch, "fuzz"))
     try:
-        victim, client = await _victim(server.url, scratch)
+        alone, client, path = await _victim(server.url, scratch)
         probe = confinement_probe(scratch)
         reply = await client.call("fs/writeFile", {"path": "file://" + probe, "dataBase64": ""})
         if "error" not in reply or os.path.exists(probe):
             raise RuntimeError(f"the {kind} server is not confined: it wrote {probe}")
-        baseline = Victim(victim.ask)
+        baseline = Victim(alone.ask)
         for _ in range(BASELINE_REQUESTS):
             baseline.stopped = True
             started = common.now()
@@ -176,16 +166,20 @@ async def rpc_side(kind: str, messages: int, connections: int, seed: int) -> dic
                 baseline.wrong.append(problem)
         counts = [FuzzCounts() for _ in range(connections)]
         started = common.now()
-        await alongside(victim, [
-            _fuzzer(server.url, rpcfuzz.Generator(seed + index, os.path.join(scratch, "fuzz")),
-                    messages // connections, counts[index], _initializes(seed + index))
-            for index in range(connections)])
+        remote = victims.Remote.start(server.url, path)
+        try:
+            await defer.gatherResults([defer.ensureDeferred(
+                _fuzzer(server.url, rpcfuzz.Generator(seed + index, os.path.join(scratch, "fuzz")),
+                        messages // connections, counts[index], _initializes(seed + index)))
+                for index in range(connections)], consumeErrors=True)
+        finally:
+            victim = await remote.stop()
         seconds = common.now() - started
         total = FuzzCounts()
         for count in counts:
             total.add(count)
         # Still serving afterwards?
-        final = await victim.ask()
+        final = await alone.ask()
         await client.close()
         resources = common.Resources.of(server.pid)
         alive = server.alive()
