@@ -84,6 +84,18 @@ def tune_allocator() -> bool:
                 and _libc.mallopt(_M_ARENA_MAX, ARENA_MAX))
 
 
+def freeze_startup_heap() -> None:
+    """
+    Take what exists once the server has started (modules, classes, its
+    services: tens of thousands of objects that live as long as it does)
+    out of the cycle collector's sight, after collecting what is already
+    garbage. Otherwise every full collection walks all of them again: 30 to
+    70 ms each on a busy server, tens of times a minute under load.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def trim() -> None:
     """
     Give the free pages of every arena back to the system.

@@ -313,6 +313,7 @@ def server_base(config: usage.Options, reactor) -> tuple[
     """
     top = operations.StopInOrder()
     memory.tune_allocator()
+    reactor.callWhenRunning(memory.freeze_startup_heap)
     memory.IdleTrimmer(reactor).setServiceParent(top)
     stopper = OrderlyStop(reactor)
     stopper.setServiceParent(top)

@@ -21,6 +21,23 @@ class AllocatorTests(unittest.SynchronousTestCase):
         self.assertTrue(memory.tune_allocator())
 
 
+class FreezeTests(unittest.SynchronousTestCase):
+    def test_startup_objects_leave_the_collector_and_garbage_goes_first(self):
+        class Cycle:
+            pass
+
+        garbage = Cycle()
+        garbage.me = garbage
+        gone = weakref.ref(garbage)
+        del garbage
+        kept = Cycle()
+        self.addCleanup(gc.unfreeze)
+        memory.freeze_startup_heap()
+        self.assertIsNone(gone())
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertNotIn(kept, gc.get_objects())
+
+
 class IdleTrimmerTests(unittest.SynchronousTestCase):
     """
     Memory is given back once the server turns idle after some work.
