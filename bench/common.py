@@ -23,6 +23,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from execserver import rpc
 from execserver.interfaces import IMessageProtocol
 from execserver.transports import websocket
 
@@ -130,10 +131,7 @@ class Client:
         self.next_id += 1
         waiter = Deferred()
         self.pending[self.next_id] = waiter
-        message = {"id": self.next_id, "method": method}
-        if params is not None:
-            message["params"] = params
-        self.transport.sendMessage(json.dumps(message).encode())
+        self.transport.sendMessage(rpc.encode_request(self.next_id, method, params))
         return waiter
 
     async def initialize(self) -> None:

@@ -24,6 +24,8 @@ import pybase64
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred
 
+from execserver import rpc
+
 #: What one read from the socket may take (Twisted reads 64 KiB by default).
 READ_BYTES = 4 * 1024 * 1024
 
@@ -170,10 +172,7 @@ class RawClient(protocol.Protocol):
         self.next_id += 1
         waiter = Deferred()
         self.pending[self.next_id] = waiter
-        message = {"id": self.next_id, "method": method}
-        if params is not None:
-            message["params"] = params
-        self.transport.write(_frame(json.dumps(message, separators=(",", ":")).encode()))
+        self.transport.write(_frame(rpc.encode_request(self.next_id, method, params)))
         return waiter
 
     async def call_result(self, method: str, params=None):
