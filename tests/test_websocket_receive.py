@@ -1,11 +1,11 @@
 """
-The client side of the WebSocket transport reads plain data frames itself
-and leaves everything else to autobahn: whatever the frames and however the
-stream is cut into reads, the messages that arrive are the ones sent, in
-order, control frames are answered, and frames against the rules end the
-connection. Over a real loopback connection to a server that speaks RFC
-6455 by hand; some streams are fed to the client protocol in pieces so that
-every cut is tried.
+Both sides of the WebSocket transport read plain data frames themselves
+(L{execserver.transports.framecutter}) and leave everything else to
+autobahn: whatever the frames and however the stream is cut into reads, the
+messages that arrive are the ones sent, in order, control frames are
+answered, and frames against the rules end the connection. Over real
+loopback connections to a peer that speaks RFC 6455 by hand; some streams
+are fed to the protocol in pieces so that every cut is tried.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from execserver.interfaces import IMessageProtocol, PeerGoingAway
-from execserver.transports import websocket
+from execserver.transports import framecutter, websocket
 from tests import support
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -44,6 +44,13 @@ def frame(payload: bytes, opcode: int = 0x1, fin: bool = True, mask: bytes | Non
     if mask is None:
         return header + payload
     return header + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+
+
+def masked(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+    """
+    A frame as a client writes it, with a random key.
+    """
+    return frame(payload, opcode, fin, mask=os.urandom(4))
 
 
 class HandServer(protocol.Protocol):
@@ -213,3 +220,159 @@ class ReceiveTests(unittest.TestCase):
         await support.with_timeout(recorder.lost)
         self.assertEqual(recorder.messages, [b"one"])
         self.assertTrue(recorder.reason.check(PeerGoingAway))
+
+
+class HandClient(protocol.Protocol):
+    """
+    Sends the upgrade, then keeps the frames the server sends as (opcode,
+    payload) pairs.
+    """
+
+    def __init__(self, opened: Deferred) -> None:
+        self.opened = opened
+        self.buffer = b""
+        self.upgraded = False
+        self.frames: list[tuple[int, bytes]] = []
+        self.frame_arrived: Deferred | None = None
+        self.lost = Deferred()
+
+    def connectionMade(self) -> None:
+        key = base64.b64encode(os.urandom(16))
+        self.transport.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                             b"Sec-WebSocket-Key: " + key + b"\r\n\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.upgraded:
+            if b"\r\n\r\n" not in self.buffer:
+                return
+            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            assert head.startswith(b"HTTP/1.1 101 "), head
+            self.upgraded = True
+            self.opened.callback(self)
+        while len(self.buffer) >= 2:
+            length, start = self.buffer[1] & 0x7F, 2
+            if length == 126:
+                length, start = struct.unpack("!H", self.buffer[2:4])[0], 4
+            elif length == 127:
+                length, start = struct.unpack("!Q", self.buffer[2:10])[0], 10
+            if len(self.buffer) < start + length:
+                return
+            self.frames.append((self.buffer[0] & 0x0F, self.buffer[start:start + length]))
+            self.buffer = self.buffer[start + length:]
+            arrived, self.frame_arrived = self.frame_arrived, None
+            if arrived is not None:
+                arrived.callback(None)
+
+    def next_frame(self) -> Deferred:
+        self.frame_arrived = Deferred()
+        return self.frame_arrived
+
+    def connectionLost(self, reason) -> None:
+        self.lost.callback(None)
+
+
+class ServerReceiveTests(unittest.TestCase):
+    """
+    The listening side reads the masked frames of its clients.
+    """
+
+    async def connected(self) -> tuple[HandClient, Recorder]:
+        recorders: list[Recorder] = []
+
+        def build() -> Recorder:
+            recorders.append(Recorder())
+            return recorders[-1]
+
+        port = reactor.listenTCP(0, websocket.site(build), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        opened = Deferred()
+        client_factory = protocol.ClientFactory()
+        client_factory.buildProtocol = lambda addr: HandClient(opened)
+        reactor.connectTCP("127.0.0.1", port.getHost().port, client_factory)
+        client = await support.with_timeout(opened)
+        self.addCleanup(client.transport.abortConnection)
+        recorder = recorders[0]
+        self.addCleanup(recorder.transport.abortConnection)
+        return client, recorder
+
+    def feed(self, recorder: Recorder, stream: bytes, cuts: list[int]) -> None:
+        start = 0
+        for cut in [*cuts, len(stream)]:
+            recorder.transport.protocol.dataReceived(stream[start:cut])
+            start = cut
+
+    async def test_messages_cut_anywhere_arrive_whole_and_in_order(self):
+        client, recorder = await self.connected()
+        texts = [b"", b"a" * 125, b'{"id":1}' * 16, b"b" * 511, b"c" * 512, b"d" * 513,
+                 b"e" * 65535, b"f" * 65536, b"g" * 200_000]
+        binaries = [os.urandom(3), os.urandom(126), os.urandom(70_000)]
+        stream = b"".join([masked(payload) for payload in texts]
+                          + [masked(payload, 0x2) for payload in binaries])
+        expected = [payload.decode() for payload in texts] + binaries
+        rng = random.Random(6455)
+        cuts = list(range(1, 1200)) + sorted(rng.sample(range(1200, len(stream)), 300))
+        self.feed(recorder, stream, cuts)
+        self.assertEqual(recorder.messages, expected)
+        client.transport.write(stream)
+        await support.with_timeout(recorder.until(2 * len(expected)))
+        self.assertEqual(recorder.messages, expected * 2)
+
+    async def test_a_ping_between_messages_is_answered(self):
+        client, recorder = await self.connected()
+        pong = client.next_frame()
+        stream = masked(b"one") + masked(b"hi", 0x9) + masked(b"two")
+        self.feed(recorder, stream, list(range(1, len(stream))))
+        await support.with_timeout(pong)
+        self.assertEqual(client.frames, [(0xA, b"hi")])
+        self.assertEqual(recorder.messages, ["one", "two"])
+
+    async def test_a_fragmented_message_arrives_whole(self):
+        client, recorder = await self.connected()
+        stream = (masked(b"ab", fin=False) + masked(b"cd", 0x0, fin=False) + masked(b"ef", 0x0)
+                  + masked(b"gh"))
+        self.feed(recorder, stream, list(range(1, len(stream))))
+        self.assertEqual(recorder.messages, ["abcdef", "gh"])
+        client.transport.write(stream)
+        await support.with_timeout(recorder.until(4))
+        self.assertEqual(recorder.messages, ["abcdef", "gh"] * 2)
+
+    async def test_an_unmasked_frame_ends_the_connection(self):
+        client, recorder = await self.connected()
+        client.transport.write(masked(b"one") + frame(b"plain") + masked(b"two"))
+        await support.with_timeout(recorder.lost)
+        self.assertEqual(recorder.messages, ["one"])
+
+    async def test_a_frame_over_the_limit_ends_the_connection(self):
+        client, recorder = await self.connected()
+        client.transport.write(masked(b"one")
+                               + struct.pack("!BBQ", 0x81, 0x80 | 127, websocket.MAX_FRAME_BYTES + 1)
+                               + os.urandom(4))
+        await support.with_timeout(recorder.lost)
+        self.assertEqual(recorder.messages, ["one"])
+
+    async def test_invalid_utf8_in_a_text_frame_ends_the_connection(self):
+        client, recorder = await self.connected()
+        client.transport.write(masked(b"one") + masked(b"\xff") + masked(b"two"))
+        await support.with_timeout(recorder.lost)
+        self.assertEqual(recorder.messages, ["one"])
+
+    async def test_a_close_is_answered_after_the_messages_before_it(self):
+        client, recorder = await self.connected()
+        answer = client.next_frame()
+        client.transport.write(masked(b"one") + masked(struct.pack("!H", 1000) + b"bye", 0x8))
+        await support.with_timeout(answer)
+        self.assertEqual([opcode for opcode, _ in client.frames], [0x8])
+        await support.with_timeout(recorder.lost)
+        self.assertEqual(recorder.messages, ["one"])
+
+
+class UnmaskTests(unittest.TestCase):
+    def test_every_length_and_key(self):
+        rng = random.Random(5)
+        for length in [*range(0, 1030), 65536, 1 << 20]:
+            payload = rng.randbytes(length)
+            key = rng.randbytes(4)
+            expected = bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
+            self.assertEqual(framecutter.unmask(memoryview(payload), key), expected, length)

@@ -56,6 +56,7 @@ from zope.interface import Interface, implementer
 from execserver.relay.frames import Frame, FrameKind, InvalidFrame, parse_frame
 from execserver.relay.limits import MAX_WEBSOCKET_MESSAGE_BYTES
 from execserver.relay.watchdog import PongWatchdog
+from execserver.transports.framecutter import FrameCutter
 
 log = Logger()
 
@@ -297,6 +298,7 @@ class RelaySocket:
         if self._read_pauses:
             transport.pauseProducing()
         self._opened = True
+        self.start_cutting()
         self._watchdog.start()
         self.owner.socketOpened(self)
 
@@ -371,7 +373,7 @@ def _relay_options(factory) -> None:
     )
 
 
-class RelayServerProtocol(RelaySocket, WebSocketServerProtocol):
+class RelayServerProtocol(FrameCutter, RelaySocket, WebSocketServerProtocol):
     """
     The accepting side, for a rendezvous: a subclass sets L{owner} in
     C{onConnect} (or refuses the upgrade there). Its factory provides
@@ -426,7 +428,7 @@ class RelayConnectError(ConnectionError):
         self.status = status
 
 
-class _RelayClientProtocol(RelaySocket, WebSocketClientProtocol):
+class _RelayClientProtocol(FrameCutter, RelaySocket, WebSocketClientProtocol):
     def connectionMade(self) -> None:
         factory = self.factory
         self.clock = factory.clock

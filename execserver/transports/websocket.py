@@ -43,6 +43,7 @@ from zope.interface import implementer
 
 from execserver.interfaces import IMessageProtocol, IMessageTransport, PeerGoingAway
 from execserver.readiness import Readiness
+from execserver.transports.framecutter import FrameCutter
 from execserver.wsauth import IAuthenticator
 
 PING_INTERVAL_SECONDS = 30
@@ -61,9 +62,6 @@ GOING_AWAY_REASON = "server shutting down"
 #: What the client reads from its socket at a time (Twisted's default is
 #: 64 KiB): about one process/output message of ours (96 KiB of output).
 CLIENT_READ_BYTES = 128 * 1024
-#: The first byte of an unfragmented text or binary frame (FIN, no RSV).
-_TEXT_FRAME = 0x81
-_BINARY_FRAME = 0x82
 
 
 @implementer(IMessageTransport)
@@ -201,7 +199,7 @@ class OpenWebSockets:
         return gatherResults(closing)
 
 
-class ExecServerWebSocketProtocol(WebSocketServerProtocol):
+class ExecServerWebSocketProtocol(FrameCutter, WebSocketServerProtocol):
     connection = None
 
     def onOpen(self) -> None:
@@ -215,6 +213,7 @@ class ExecServerWebSocketProtocol(WebSocketServerProtocol):
         self.factory.websockets.add(self)
         self.connection = self.factory.build_protocol()
         self.connection.makeConnection(MessageTransport(self))
+        self.start_cutting()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
@@ -225,7 +224,8 @@ class ExecServerWebSocketProtocol(WebSocketServerProtocol):
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
-            self.transport.abortConnection()
+            # Closed at once: nothing read after this frame is delivered.
+            self.dropConnection(abort=True)
             return
         self.connection.messageReceived(text)
 
@@ -381,23 +381,13 @@ class WebSocketConnectError(ConnectionError):
     """
 
 
-class _ClientProtocol(WebSocketClientProtocol):
+class _ClientProtocol(FrameCutter, WebSocketClientProtocol):
     """
-    The client side. Once the WebSocket is open, whole unfragmented text
-    and binary frames (all a server sends but pings and the Close) are cut
-    out of the stream here: autobahn's reader spends dozens of Python calls
-    and a few copies per frame and per read, the largest part of the
-    client's work while it streams output. A frame autobahn has to see (a
-    control frame, a fragment, a frame over the limits or against the
-    rules) goes to it with the rest of that read, and it fails the
-    connection where it must, as before; the next read is ours again once
-    autobahn is between messages.
+    The client side: frames are read by L{FrameCutter} once the WebSocket
+    is open.
     """
 
     message_protocol = None
-    #: Bytes read but not yet delivered (the start of a frame); None until
-    #: the WebSocket is open.
-    _unread: bytearray | None = None
 
     def connectionMade(self) -> None:
         self.transport.bufferSize = CLIENT_READ_BYTES
@@ -406,76 +396,8 @@ class _ClientProtocol(WebSocketClientProtocol):
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.factory.receive_buffer)
         super().connectionMade()
 
-    def dataReceived(self, data: bytes) -> None:
-        unread = self._unread
-        if unread is None:
-            self._dataReceived(data)
-            return
-        if not self._between_messages():
-            # Closing since the start of a frame was read: autobahn reads
-            # on, from that start.
-            if unread:
-                data = bytes(unread) + data
-                unread.clear()
-            self._dataReceived(data)
-            return
-        unread += data
-        with memoryview(unread) as view:
-            read = self._deliver_frames(unread, view)
-        if read < 0:
-            rest = bytes(unread[-read - 1:])
-            unread.clear()
-            self._dataReceived(rest)
-        else:
-            del unread[:read]
-
-    def _between_messages(self) -> bool:
-        """
-        Whether autobahn's reader is between messages with nothing
-        buffered, where a frame may be read without it.
-        """
-        return (self.state == self.STATE_OPEN and self.current_frame is None
-                and not self.inside_message and not self.data)
-
-    def _deliver_frames(self, unread: bytearray, view: memoryview) -> int:
-        """
-        Deliver the complete plain frames at the start of C{unread}; the
-        offset of the first byte not delivered, or -1 - that offset when
-        autobahn must read on from there.
-        """
-        position, end = 0, len(unread)
-        while end - position >= 2:
-            if not self._between_messages():
-                return -1 - position
-            first, second = unread[position], unread[position + 1]
-            if first != _TEXT_FRAME and first != _BINARY_FRAME:
-                return -1 - position
-            length, header = second, 2
-            if length == 126:
-                if end - position < 4:
-                    break
-                length, header = int.from_bytes(view[position + 2:position + 4], "big"), 4
-                if length < 126:
-                    return -1 - position
-            elif length == 127:
-                if end - position < 10:
-                    break
-                length, header = int.from_bytes(view[position + 2:position + 10], "big"), 10
-                if length < 1 << 16 or length >> 63:
-                    return -1 - position
-            elif length > 125:
-                return -1 - position  # masked
-            if length > self.maxFramePayloadSize > 0 or length > self.maxMessagePayloadSize > 0:
-                return -1 - position
-            if end - position - header < length:
-                break
-            start = position + header
-            position = start + length
-            self.onMessage(bytes(view[start:position]), first == _BINARY_FRAME)
-        return position
-
     def onOpen(self) -> None:
-        self._unread = bytearray()
+        self.start_cutting()
         self.message_protocol = self.factory.message_protocol
         transport = MessageTransport(self)
         self.message_protocol.makeConnection(transport)
