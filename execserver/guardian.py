@@ -21,10 +21,13 @@ from __future__ import annotations
 import os
 import select
 import signal
+import subprocess
 import sys
 
-from twisted.internet import protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.logger import Logger
+from zope.interface import implementer
 
 log = Logger()
 
@@ -77,9 +80,103 @@ def main() -> None:
             pass
 
 
-class _GuardianProcess(protocol.ProcessProtocol):
-    def processEnded(self, reason) -> None:
-        log.info("the process guardian ended: {reason}", reason=reason.value)
+@implementer(IWriteDescriptor)
+class _LinePipe:
+    """
+    The write end of the guardian's stdin: a line is written at once, with
+    no turn of the reactor; what the pipe cannot take waits for room.
+    """
+
+    def __init__(self, reactor, stdin) -> None:
+        self.reactor = reactor
+        self.stdin = stdin
+        self.fd = stdin.fileno()
+        os.set_blocking(self.fd, False)
+        self.waiting = bytearray()
+        self.closing = False
+
+    def logPrefix(self) -> str:
+        return "guardian"
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def send(self, line: bytes) -> None:
+        if self.fd < 0:
+            return
+        if not self.waiting:
+            written = self._write(line)
+            if written == len(line):
+                return
+            self.reactor.addWriter(self)
+            line = line[written:]
+        self.waiting += line
+
+    def _write(self, data) -> int:
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as e:
+            log.error("the process guardian no longer reads its stdin: {error}", error=e)
+            self.close()
+            return len(data)
+
+    def doWrite(self) -> None:
+        del self.waiting[:self._write(self.waiting)]
+        if not self.waiting:
+            self.reactor.removeWriter(self)
+            if self.closing:
+                self.close()
+
+    def finish(self) -> None:
+        """
+        Close the pipe once every line has been written.
+        """
+        self.closing = True
+        if not self.waiting:
+            self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.reactor.removeWriter(self)
+            self.waiting.clear()
+            self.stdin.close()
+            self.fd = -1
+
+    def connectionLost(self, reason) -> None:
+        self.close()
+
+
+@implementer(IReadDescriptor)
+class _Reaper:
+    """
+    Reaps the guardian when its pidfd says it has ended, and calls
+    C{ended} with its status.
+    """
+
+    def __init__(self, reactor, popen: subprocess.Popen, ended) -> None:
+        self.reactor = reactor
+        self.popen = popen
+        self.ended = ended
+        self.fd = os.pidfd_open(popen.pid)
+        reactor.addReader(self)
+
+    def logPrefix(self) -> str:
+        return "guardian"
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> None:
+        self.connectionLost(None)
+        self.ended(self.popen.wait())
+
+    def connectionLost(self, reason) -> None:
+        if self.fd >= 0:
+            self.reactor.removeReader(self)
+            os.close(self.fd)
+            self.fd = -1
 
 
 class Guardian:
@@ -89,30 +186,42 @@ class Guardian:
 
     def __init__(self, reactor) -> None:
         self.reactor = reactor
-        self._process = None
+        self._pipe: _LinePipe | None = None
+        #: The guardian's pid, once started.
+        self.pid: int | None = None
+        #: Fires with the guardian's exit status once it has been reaped.
+        self.ended = Deferred()
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "execserver.guardian"]
-        self._process = self.reactor.spawnProcess(
-            _GuardianProcess(), argv[0], argv, env=dict(os.environ),
-            childFDs={0: "w", 2: 2},
-        )
+        popen = subprocess.Popen([sys.executable, "-m", "execserver.guardian"], stdin=subprocess.PIPE)
+        self.pid = popen.pid
+        self._pipe = _LinePipe(self.reactor, popen.stdin)
+        _Reaper(self.reactor, popen, self._ended)
+
+    def _ended(self, status: int) -> None:
+        if self._pipe is not None:
+            log.error("the process guardian ended while the server runs (status {status})",
+                      status=status)
+            self._pipe.close()
+            self._pipe = None
+        self.ended.callback(status)
 
     def watch(self, pgid: int) -> None:
-        if self._process is not None:
-            self._process.write(b"+%d\n" % pgid)
+        if self._pipe is not None:
+            self._pipe.send(b"+%d\n" % pgid)
 
     def forget(self, pgid: int) -> None:
-        if self._process is not None:
-            self._process.write(b"-%d\n" % pgid)
+        if self._pipe is not None:
+            self._pipe.send(b"-%d\n" % pgid)
 
     def stop(self) -> None:
         """
-        Let the guardian go: with its stdin closed it exits.
+        Let the guardian go: with its stdin closed (once it has every line)
+        it exits.
         """
-        if self._process is not None:
-            self._process.closeStdin()
-            self._process = None
+        if self._pipe is not None:
+            self._pipe.finish()
+            self._pipe = None
 
 
 if __name__ == "__main__":

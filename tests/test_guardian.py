@@ -1,18 +1,23 @@
 """
 The guardian, as its own process: it kills the groups still watched once
-its stdin ends, after reading every line the server wrote.
+its stdin ends, after reading every line the server wrote. The server's
+side writes each line at once, keeps what the pipe cannot take until there
+is room, and reaps the guardian when it ends.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from execserver.guardian import Guardian
 from tests import support
 
 
@@ -53,3 +58,46 @@ class GuardianTests(unittest.TestCase):
         self.assertEqual(await support.with_timeout(guardian.ended), 0)
         await support.process_gone(watched.pid)
         self.assertIsNone(forgotten.poll())
+
+
+class ServerSideTests(unittest.TestCase):
+    async def test_lines_beyond_the_pipe_wait_and_stop_delivers_them_first(self):
+        first, last, forgotten = _sleeper(self), _sleeper(self), _sleeper(self)
+        guardian = Guardian(reactor)
+        guardian.start()
+        self.addCleanup(guardian.stop)
+        guardian.watch(first.pid)
+        guardian.watch(forgotten.pid)
+        guardian.forget(forgotten.pid)
+        # Far more than a pipe holds (64 KiB), written faster than the
+        # guardian takes them (every 0.1 s): the last lines wait in the
+        # server.
+        for _ in range(40_000):
+            guardian.forget(1)
+        guardian.watch(last.pid)
+        self.assertTrue(guardian._pipe.waiting)
+        guardian.stop()
+        await support.process_gone(first.pid)
+        await support.process_gone(last.pid)
+        self.assertIsNone(forgotten.poll())
+        self.assertEqual(await support.with_timeout(guardian.ended), 0)
+        self.assertNotIn(guardian.pid, support.children_states(os.getpid()))
+
+    async def test_a_guardian_that_died_is_reaped_and_reported(self):
+        errors = []
+
+        def observe(event) -> None:
+            if event["log_level"] == LogLevel.error:
+                errors.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        guardian = Guardian(reactor)
+        guardian.start()
+        self.addCleanup(guardian.stop)
+        os.kill(guardian.pid, signal.SIGKILL)
+        self.assertEqual(await support.with_timeout(guardian.ended), -signal.SIGKILL)
+        self.assertNotIn(guardian.pid, support.children_states(os.getpid()))
+        self.assertEqual(errors, ["the process guardian ended while the server runs (status -9)"])
+        # Nothing is written any more.
+        guardian.watch(12345)
