@@ -50,8 +50,15 @@ JSON_LOG_VARIABLE = "EXECSERVER_JSON_LOG"
 def record(event: str, **fields) -> None:
     """
     Log one audit event (a name of L{_FORMATS}) with its fields.
+
+    The text is rendered here, by C{str.format}, and logged as a format
+    with no fields left: Twisted's own rendering (C{string.Formatter}, in
+    Python) took most of an event's cost, and the server records two for
+    every process it starts. The fields stay in the event for structured
+    observers.
     """
-    log.info(_FORMATS[event], audit=event, **fields)
+    text = _FORMATS[event].format_map(fields)
+    log.info(text.replace("{", "{{").replace("}", "}}"), audit=event, **fields)
 
 
 def json_observer() -> ILogObserver:
