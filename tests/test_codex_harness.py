@@ -129,10 +129,15 @@ class NormalizeTests(unittest.TestCase):
             "c": "Process exited; session ID <session-0>",
         })
 
-    def test_unordered_outputs_compare_as_sorted_lines(self):
+    def test_unordered_outputs_compare_as_sorted_words(self):
         calls = [exec_command("x", "true", unordered=True)]
         self.assertEqual(normalize_outputs({"x": "err\nout"}, calls, "/s"),
                          normalize_outputs({"x": "out\nerr"}, calls, "/s"))
+        # A line of one stream cut by a line of the other.
+        self.assertEqual(normalize_outputs({"x": "touch: cannot touch 'f'\nrc=1\n"}, calls, "/s"),
+                         normalize_outputs({"x": "cannot touch 'f'\ntouch: rc=1\n"}, calls, "/s"))
+        self.assertNotEqual(normalize_outputs({"x": "rc=1\n"}, calls, "/s"),
+                            normalize_outputs({"x": "rc=0\n"}, calls, "/s"))
 
     def test_content_items_are_json(self):
         outputs = {"i": [{"type": "input_image", "image_url": "data:/var/tmp/s"}]}

@@ -53,6 +53,6 @@ def normalize_outputs(outputs: dict[str, Any], calls: list[ToolCall], scratch: s
         text = _WALL_TIME.sub("Wall time: <wall>", text)
         text = _SESSION_ID.sub(session, text)
         if call.unordered:
-            text = "\n".join(sorted(text.split("\n")))
+            text = " ".join(sorted(text.split()))
         normalized[call.label] = text
     return normalized
