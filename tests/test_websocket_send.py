@@ -1,19 +1,23 @@
 """
 Large WebSocket messages go to the kernel in one vectored send when nothing
 is queued ahead of them; what the kernel does not take is queued in order.
-Over real loopback TCP connections.
+A reply of a MiB or more is sent with the kernel send buffer raised, and the
+next smaller message bounds it again. Over real loopback TCP connections.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
+from execserver.transports import websocket
 from execserver.transports.websocket import _send_vectored
 from tests import support
+from tests.test_websocket_receive import Recorder
 
 
 class Collector(protocol.Protocol):
@@ -87,3 +91,43 @@ class _Accepted(protocol.Protocol):
 
     def connectionMade(self) -> None:
         self.accepted.callback(self)
+
+
+def _wmem_max() -> int:
+    with open("/proc/sys/net/core/wmem_max") as f:
+        return int(f.read())
+
+
+class SendWindowTests(unittest.TestCase):
+    async def test_a_large_reply_raises_the_send_buffer_until_the_next_message(self):
+        servers: list[Recorder] = []
+
+        def build() -> Recorder:
+            servers.append(Recorder())
+            return servers[-1]
+
+        port = reactor.listenTCP(0, websocket.site(build), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = Recorder()
+        client_transport = await support.with_timeout(websocket.connect(
+            reactor, f"ws://127.0.0.1:{port.getHost().port}/", client))
+        self.addCleanup(client_transport.abortConnection)
+        server = servers[0].transport
+        tcp = server.protocol.transport
+        handle = tcp.getHandle()
+
+        def send_buffer() -> int:
+            return handle.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+
+        # Linux doubles what is asked, up to twice net.core.wmem_max.
+        bounded = 2 * min(websocket.SEND_BUFFER_BYTES, _wmem_max())
+        self.assertEqual(send_buffer(), bounded)
+        big = os.urandom(websocket.LARGE_MESSAGE_BYTES // 2).hex().encode()
+        server.sendMessage((b'"', big, b'"'))
+        self.assertEqual(send_buffer(), 2 * min(websocket.LARGE_SEND_BUFFER_BYTES, _wmem_max()))
+        self.assertEqual(tcp.SEND_LIMIT, websocket.LARGE_SEND_BUFFER_BYTES)
+        server.sendMessage(b'"small"')
+        self.assertEqual(send_buffer(), bounded)
+        self.assertEqual(tcp.SEND_LIMIT, type(tcp).SEND_LIMIT)
+        await support.with_timeout(client.until(2))
+        self.assertEqual(client.messages, [b'"' + big + b'"', b'"small"'])
