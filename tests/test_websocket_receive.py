@@ -53,10 +53,10 @@ def masked(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
     return frame(payload, opcode, fin, mask=os.urandom(4))
 
 
-class HandServer(protocol.Protocol):
+class HandPeer(protocol.Protocol):
     """
-    Answers the upgrade, then keeps the frames the client sends as
-    (opcode, payload) pairs.
+    The other side of the WebSocket, by hand: once upgraded it keeps the
+    frames it receives as (opcode, payload) pairs, unmasked.
     """
 
     def __init__(self, opened: Deferred) -> None:
@@ -65,6 +65,10 @@ class HandServer(protocol.Protocol):
         self.upgraded = False
         self.frames: list[tuple[int, bytes]] = []
         self.frame_arrived: Deferred | None = None
+        self.lost = Deferred()
+
+    def upgrade(self, head: bytes) -> None:
+        raise NotImplementedError
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
@@ -72,26 +76,25 @@ class HandServer(protocol.Protocol):
             if b"\r\n\r\n" not in self.buffer:
                 return
             head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-            key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"sec-websocket-key:"))
-            accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
-            self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            self.upgrade(head)
             self.upgraded = True
             self.opened.callback(self)
-        while len(self.buffer) >= 6:
+        while len(self.buffer) >= 2:
             length, start = self.buffer[1] & 0x7F, 2
             if length == 126:
                 length, start = struct.unpack("!H", self.buffer[2:4])[0], 4
             elif length == 127:
                 length, start = struct.unpack("!Q", self.buffer[2:10])[0], 10
-            if len(self.buffer) < start + 4 + length:
+            mask = b""
+            if self.buffer[1] & 0x80:
+                mask, start = self.buffer[start:start + 4], start + 4
+            if len(self.buffer) < start + length:
                 return
-            mask = self.buffer[start:start + 4]
-            payload = bytes(byte ^ mask[i % 4] for i, byte in
-                            enumerate(self.buffer[start + 4:start + 4 + length]))
+            payload = self.buffer[start:start + length]
+            if mask:
+                payload = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
             self.frames.append((self.buffer[0] & 0x0F, payload))
-            self.buffer = self.buffer[start + 4 + length:]
+            self.buffer = self.buffer[start + length:]
             arrived, self.frame_arrived = self.frame_arrived, None
             if arrived is not None:
                 arrived.callback(None)
@@ -99,6 +102,29 @@ class HandServer(protocol.Protocol):
     def next_frame(self) -> Deferred:
         self.frame_arrived = Deferred()
         return self.frame_arrived
+
+    def connectionLost(self, reason) -> None:
+        self.lost.callback(None)
+
+
+class HandServer(HandPeer):
+    def upgrade(self, head: bytes) -> None:
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+
+
+class HandClient(HandPeer):
+    def connectionMade(self) -> None:
+        key = base64.b64encode(os.urandom(16))
+        self.transport.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                             b"Sec-WebSocket-Key: " + key + b"\r\n\r\n")
+
+    def upgrade(self, head: bytes) -> None:
+        assert head.startswith(b"HTTP/1.1 101 "), head
 
 
 @implementer(IMessageProtocol)
@@ -130,8 +156,94 @@ class Recorder:
         return waiter
 
 
-class ReceiveTests(unittest.TestCase):
-    async def connected(self) -> tuple[HandServer, Recorder, websocket.MessageTransport]:
+def listen(testcase) -> tuple:
+    """
+    Our WebSocket server on a loopback port: the port, and the list to
+    which each connection's L{Recorder} is added.
+    """
+    recorders: list[Recorder] = []
+
+    def build() -> Recorder:
+        recorders.append(Recorder())
+        return recorders[-1]
+
+    port = reactor.listenTCP(0, websocket.site(build), interface="127.0.0.1")
+    testcase.addCleanup(port.stopListening)
+    return port, recorders
+
+
+class _ReadingTests:
+    """
+    What both sides must do with the frames of the other; a subclass says
+    how frames are written to it and how their messages arrive.
+    """
+
+    async def connected(self) -> tuple[HandPeer, Recorder]:
+        raise NotImplementedError
+
+    def frame(self, payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+        raise NotImplementedError
+
+    def delivered(self, payload: bytes, binary: bool):
+        raise NotImplementedError
+
+    def feed(self, recorder: Recorder, stream: bytes, cuts: list[int]) -> None:
+        """
+        Hand C{stream} to the protocol under test as if it had been read in
+        pieces ending at C{cuts}.
+        """
+        start = 0
+        for cut in [*cuts, len(stream)]:
+            recorder.transport.protocol.dataReceived(stream[start:cut])
+            start = cut
+
+    async def test_messages_cut_anywhere_arrive_whole_and_in_order(self):
+        peer, recorder = await self.connected()
+        # Random bytes go in binary frames: a text frame must be UTF-8.
+        payloads = [b"", b"a" * 125, os.urandom(126), b'{"id":1}' * 16, b"b" * 511, b"c" * 512,
+                    b"d" * 513, b"e" * 65535, b"f" * 65536, os.urandom(200_000),
+                    b'{"method":"process/output"}']
+        binary = [n in (2, 9) for n in range(len(payloads))]
+        stream = b"".join(self.frame(payload, 0x2 if is_binary else 0x1)
+                          for payload, is_binary in zip(payloads, binary))
+        expected = [self.delivered(payload, is_binary) for payload, is_binary in zip(payloads, binary)]
+        # Every cut in the headers and the small frames, random ones after.
+        rng = random.Random(6455)
+        cuts = list(range(1, 1200)) + sorted(rng.sample(range(1200, len(stream)), 300))
+        self.feed(recorder, stream, cuts)
+        self.assertEqual(recorder.messages, expected)
+        # And straight from the socket.
+        peer.transport.write(stream)
+        await support.with_timeout(recorder.until(2 * len(expected)))
+        self.assertEqual(recorder.messages, expected * 2)
+
+    async def test_a_ping_between_messages_is_answered(self):
+        peer, recorder = await self.connected()
+        pong = peer.next_frame()
+        stream = self.frame(b"one") + self.frame(b"hi", 0x9) + self.frame(b"two")
+        self.feed(recorder, stream, list(range(1, len(stream))))
+        await support.with_timeout(pong)
+        self.assertEqual(peer.frames, [(0xA, b"hi")])
+        self.assertEqual(recorder.messages, [self.delivered(b"one", False), self.delivered(b"two", False)])
+
+    async def test_a_fragmented_message_arrives_whole(self):
+        peer, recorder = await self.connected()
+        stream = (self.frame(b"ab", fin=False) + self.frame(b"cd", 0x0, fin=False)
+                  + self.frame(b"ef", 0x0) + self.frame(b"gh"))
+        self.feed(recorder, stream, list(range(1, len(stream))))
+        expected = [self.delivered(b"abcdef", False), self.delivered(b"gh", False)]
+        self.assertEqual(recorder.messages, expected)
+        peer.transport.write(stream)
+        await support.with_timeout(recorder.until(4))
+        self.assertEqual(recorder.messages, expected * 2)
+
+
+class ReceiveTests(_ReadingTests, unittest.TestCase):
+    """
+    The client side reads the plain frames of its server.
+    """
+
+    async def connected(self) -> tuple[HandServer, Recorder]:
         opened = Deferred()
         factory = protocol.Factory()
         factory.buildProtocol = lambda addr: HandServer(opened)
@@ -143,75 +255,37 @@ class ReceiveTests(unittest.TestCase):
         server = await support.with_timeout(opened)
         self.addCleanup(server.transport.loseConnection)
         self.addCleanup(transport.abortConnection)
-        return server, recorder, transport
+        return server, recorder
 
-    def feed(self, transport: websocket.MessageTransport, stream: bytes, cuts: list[int]) -> None:
-        """
-        Hand C{stream} to the client protocol as if it had been read in
-        pieces ending at C{cuts}.
-        """
-        start = 0
-        for cut in [*cuts, len(stream)]:
-            transport.protocol.dataReceived(stream[start:cut])
-            start = cut
+    def frame(self, payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+        return frame(payload, opcode, fin)
 
-    async def test_messages_cut_anywhere_arrive_whole_and_in_order(self):
-        server, recorder, transport = await self.connected()
-        payloads = [b"", b"a" * 125, os.urandom(126), b"b" * 65535, b"c" * 65536, os.urandom(200_000),
-                    b'{"method":"process/output"}']
-        stream = b"".join(frame(payload, 0x2 if n % 2 else 0x1) for n, payload in enumerate(payloads))
-        # Every cut in the headers and the small frames, random ones after.
-        rng = random.Random(6455)
-        cuts = list(range(1, 400)) + sorted(rng.sample(range(400, len(stream)), 300))
-        self.feed(transport, stream, cuts)
-        self.assertEqual(recorder.messages, payloads)
-        # And straight from the socket.
-        server.transport.write(stream)
-        await support.with_timeout(recorder.until(2 * len(payloads)))
-        self.assertEqual(recorder.messages, payloads * 2)
-
-    async def test_a_ping_between_messages_is_answered(self):
-        server, recorder, transport = await self.connected()
-        pong = server.next_frame()
-        stream = frame(b"one") + frame(b"hi", 0x9) + frame(b"two")
-        self.feed(transport, stream, list(range(1, len(stream))))
-        await support.with_timeout(pong)
-        self.assertEqual(server.frames, [(0xA, b"hi")])
-        self.assertEqual(recorder.messages, [b"one", b"two"])
-
-    async def test_a_fragmented_message_arrives_whole(self):
-        server, recorder, transport = await self.connected()
-        stream = (frame(b"ab", fin=False) + frame(b"cd", 0x0, fin=False) + frame(b"ef", 0x0)
-                  + frame(b"gh"))
-        self.feed(transport, stream, list(range(1, len(stream))))
-        self.assertEqual(recorder.messages, [b"abcdef", b"gh"])
-        server.transport.write(stream)
-        await support.with_timeout(recorder.until(4))
-        self.assertEqual(recorder.messages, [b"abcdef", b"gh"] * 2)
+    def delivered(self, payload: bytes, binary: bool) -> bytes:
+        return payload
 
     async def test_a_frame_begun_before_the_client_closes_arrives(self):
-        server, recorder, transport = await self.connected()
+        server, recorder = await self.connected()
         stream = frame(b"hello" * 100) + frame(b"after")
-        self.feed(transport, stream[:300], [1, 3, 100])
-        transport.loseConnection()
-        self.feed(transport, stream[300:], [])
+        self.feed(recorder, stream[:300], [1, 3, 100])
+        recorder.transport.loseConnection()
+        self.feed(recorder, stream[300:], [])
         self.assertEqual(recorder.messages, [b"hello" * 100, b"after"])
 
     async def test_a_masked_frame_ends_the_connection(self):
-        server, recorder, transport = await self.connected()
+        server, recorder = await self.connected()
         server.transport.write(frame(b"one") + frame(b"masked", mask=b"\x01\x02\x03\x04") + frame(b"two"))
         await support.with_timeout(recorder.lost)
         self.assertEqual(recorder.messages, [b"one"])
 
     async def test_a_frame_over_the_limit_ends_the_connection(self):
-        server, recorder, transport = await self.connected()
+        server, recorder = await self.connected()
         server.transport.write(frame(b"one")
                                + struct.pack("!BBQ", 0x81, 127, websocket.MAX_FRAME_BYTES + 1))
         await support.with_timeout(recorder.lost)
         self.assertEqual(recorder.messages, [b"one"])
 
     async def test_a_close_ends_the_connection_after_the_messages_before_it(self):
-        server, recorder, transport = await self.connected()
+        server, recorder = await self.connected()
         answer = server.next_frame()
         server.transport.write(frame(b"one") + frame(struct.pack("!H", 1001) + b"bye", 0x8))
         await support.with_timeout(answer)
@@ -222,71 +296,14 @@ class ReceiveTests(unittest.TestCase):
         self.assertTrue(recorder.reason.check(PeerGoingAway))
 
 
-class HandClient(protocol.Protocol):
+class ServerReceiveTests(_ReadingTests, unittest.TestCase):
     """
-    Sends the upgrade, then keeps the frames the server sends as (opcode,
-    payload) pairs.
-    """
-
-    def __init__(self, opened: Deferred) -> None:
-        self.opened = opened
-        self.buffer = b""
-        self.upgraded = False
-        self.frames: list[tuple[int, bytes]] = []
-        self.frame_arrived: Deferred | None = None
-        self.lost = Deferred()
-
-    def connectionMade(self) -> None:
-        key = base64.b64encode(os.urandom(16))
-        self.transport.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                             b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                             b"Sec-WebSocket-Key: " + key + b"\r\n\r\n")
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        if not self.upgraded:
-            if b"\r\n\r\n" not in self.buffer:
-                return
-            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-            assert head.startswith(b"HTTP/1.1 101 "), head
-            self.upgraded = True
-            self.opened.callback(self)
-        while len(self.buffer) >= 2:
-            length, start = self.buffer[1] & 0x7F, 2
-            if length == 126:
-                length, start = struct.unpack("!H", self.buffer[2:4])[0], 4
-            elif length == 127:
-                length, start = struct.unpack("!Q", self.buffer[2:10])[0], 10
-            if len(self.buffer) < start + length:
-                return
-            self.frames.append((self.buffer[0] & 0x0F, self.buffer[start:start + length]))
-            self.buffer = self.buffer[start + length:]
-            arrived, self.frame_arrived = self.frame_arrived, None
-            if arrived is not None:
-                arrived.callback(None)
-
-    def next_frame(self) -> Deferred:
-        self.frame_arrived = Deferred()
-        return self.frame_arrived
-
-    def connectionLost(self, reason) -> None:
-        self.lost.callback(None)
-
-
-class ServerReceiveTests(unittest.TestCase):
-    """
-    The listening side reads the masked frames of its clients.
+    The listening side reads the masked frames of its clients; a text
+    message arrives as a string.
     """
 
     async def connected(self) -> tuple[HandClient, Recorder]:
-        recorders: list[Recorder] = []
-
-        def build() -> Recorder:
-            recorders.append(Recorder())
-            return recorders[-1]
-
-        port = reactor.listenTCP(0, websocket.site(build), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
+        port, recorders = listen(self)
         opened = Deferred()
         client_factory = protocol.ClientFactory()
         client_factory.buildProtocol = lambda addr: HandClient(opened)
@@ -297,66 +314,31 @@ class ServerReceiveTests(unittest.TestCase):
         self.addCleanup(recorder.transport.abortConnection)
         return client, recorder
 
-    def feed(self, recorder: Recorder, stream: bytes, cuts: list[int]) -> None:
-        start = 0
-        for cut in [*cuts, len(stream)]:
-            recorder.transport.protocol.dataReceived(stream[start:cut])
-            start = cut
+    def frame(self, payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+        return masked(payload, opcode, fin)
 
-    async def test_messages_cut_anywhere_arrive_whole_and_in_order(self):
-        client, recorder = await self.connected()
-        texts = [b"", b"a" * 125, b'{"id":1}' * 16, b"b" * 511, b"c" * 512, b"d" * 513,
-                 b"e" * 65535, b"f" * 65536, b"g" * 200_000]
-        binaries = [os.urandom(3), os.urandom(126), os.urandom(70_000)]
-        stream = b"".join([masked(payload) for payload in texts]
-                          + [masked(payload, 0x2) for payload in binaries])
-        expected = [payload.decode() for payload in texts] + binaries
-        rng = random.Random(6455)
-        cuts = list(range(1, 1200)) + sorted(rng.sample(range(1200, len(stream)), 300))
-        self.feed(recorder, stream, cuts)
-        self.assertEqual(recorder.messages, expected)
-        client.transport.write(stream)
-        await support.with_timeout(recorder.until(2 * len(expected)))
-        self.assertEqual(recorder.messages, expected * 2)
+    def delivered(self, payload: bytes, binary: bool) -> bytes | str:
+        return payload if binary else payload.decode()
 
-    async def test_a_ping_between_messages_is_answered(self):
+    async def assert_ends_the_connection(self, bad: bytes) -> None:
+        """
+        C{bad}, between two good messages, ends the connection: only the
+        first arrives.
+        """
         client, recorder = await self.connected()
-        pong = client.next_frame()
-        stream = masked(b"one") + masked(b"hi", 0x9) + masked(b"two")
-        self.feed(recorder, stream, list(range(1, len(stream))))
-        await support.with_timeout(pong)
-        self.assertEqual(client.frames, [(0xA, b"hi")])
-        self.assertEqual(recorder.messages, ["one", "two"])
-
-    async def test_a_fragmented_message_arrives_whole(self):
-        client, recorder = await self.connected()
-        stream = (masked(b"ab", fin=False) + masked(b"cd", 0x0, fin=False) + masked(b"ef", 0x0)
-                  + masked(b"gh"))
-        self.feed(recorder, stream, list(range(1, len(stream))))
-        self.assertEqual(recorder.messages, ["abcdef", "gh"])
-        client.transport.write(stream)
-        await support.with_timeout(recorder.until(4))
-        self.assertEqual(recorder.messages, ["abcdef", "gh"] * 2)
+        client.transport.write(masked(b"one") + bad + masked(b"two"))
+        await support.with_timeout(recorder.lost)
+        self.assertEqual(recorder.messages, ["one"])
 
     async def test_an_unmasked_frame_ends_the_connection(self):
-        client, recorder = await self.connected()
-        client.transport.write(masked(b"one") + frame(b"plain") + masked(b"two"))
-        await support.with_timeout(recorder.lost)
-        self.assertEqual(recorder.messages, ["one"])
+        await self.assert_ends_the_connection(frame(b"plain"))
 
     async def test_a_frame_over_the_limit_ends_the_connection(self):
-        client, recorder = await self.connected()
-        client.transport.write(masked(b"one")
-                               + struct.pack("!BBQ", 0x81, 0x80 | 127, websocket.MAX_FRAME_BYTES + 1)
-                               + os.urandom(4))
-        await support.with_timeout(recorder.lost)
-        self.assertEqual(recorder.messages, ["one"])
+        await self.assert_ends_the_connection(
+            struct.pack("!BBQ", 0x81, 0x80 | 127, websocket.MAX_FRAME_BYTES + 1) + os.urandom(4))
 
     async def test_invalid_utf8_in_a_text_frame_ends_the_connection(self):
-        client, recorder = await self.connected()
-        client.transport.write(masked(b"one") + masked(b"\xff") + masked(b"two"))
-        await support.with_timeout(recorder.lost)
-        self.assertEqual(recorder.messages, ["one"])
+        await self.assert_ends_the_connection(masked(b"\xff"))
 
     async def test_a_close_is_answered_after_the_messages_before_it(self):
         client, recorder = await self.connected()

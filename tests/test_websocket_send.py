@@ -17,7 +17,7 @@ from twisted.trial import unittest
 from execserver.transports import websocket
 from execserver.transports.websocket import _send_vectored
 from tests import support
-from tests.test_websocket_receive import Recorder
+from tests.test_websocket_receive import Recorder, listen
 
 
 class Collector(protocol.Protocol):
@@ -100,14 +100,7 @@ def _wmem_max() -> int:
 
 class SendWindowTests(unittest.TestCase):
     async def test_a_large_reply_raises_the_send_buffer_until_the_next_message(self):
-        servers: list[Recorder] = []
-
-        def build() -> Recorder:
-            servers.append(Recorder())
-            return servers[-1]
-
-        port = reactor.listenTCP(0, websocket.site(build), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
+        port, servers = listen(self)
         client = Recorder()
         client_transport = await support.with_timeout(websocket.connect(
             reactor, f"ws://127.0.0.1:{port.getHost().port}/", client))
