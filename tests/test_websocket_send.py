@@ -1,8 +1,10 @@
 """
-Large WebSocket messages go to the kernel in one vectored send when nothing
-is queued ahead of them; what the kernel does not take is queued in order.
-A reply of a MiB or more is sent with the kernel send buffer raised, and the
-next smaller message bounds it again. Over real loopback TCP connections.
+The server's messages go to the kernel in one vectored send when nothing is
+queued ahead of them (small ones at the end of the reactor's turn, together);
+what the kernel does not take is queued in order, and nothing overtakes
+them, the Close included. A reply of a MiB or more is sent with the kernel
+send buffer raised, and the next smaller message bounds it again. Over real
+loopback TCP connections.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from execserver.transports import websocket
-from execserver.transports.websocket import _send_vectored
+from execserver.transports.sending import send_now
 from tests import support
-from tests.test_websocket_receive import Recorder, listen
+from tests.test_websocket_receive import HandClient, Recorder, listen, masked
 
 
 class Collector(protocol.Protocol):
@@ -67,7 +69,7 @@ class VectoredSendTests(unittest.TestCase):
     async def test_a_message_larger_than_the_socket_buffer_arrives_whole_and_in_order(self):
         transport, client = await self.connected()
         big = os.urandom(8 * 1024 * 1024)
-        self.assertTrue(_send_vectored(transport, (b"head", big, b"tail")))
+        self.assertTrue(send_now(transport, (b"head", big, b"tail")))
         # The kernel cannot have taken 8 MiB at once: the rest is queued,
         # and a later write comes after it.
         self.assertTrue(transport._tempDataBuffer or transport.dataBuffer)
@@ -79,7 +81,7 @@ class VectoredSendTests(unittest.TestCase):
     async def test_nothing_is_sent_ahead_of_queued_bytes(self):
         transport, client = await self.connected()
         transport.write(b"first")
-        self.assertFalse(_send_vectored(transport, (b"second",)))
+        self.assertFalse(send_now(transport, (b"second",)))
         transport.writeSequence((b"second",))
         received = await support.with_timeout(client.until(len(b"firstsecond")))
         self.assertEqual(received, b"firstsecond")
@@ -124,3 +126,41 @@ class SendWindowTests(unittest.TestCase):
         self.assertEqual(tcp.SEND_LIMIT, type(tcp).SEND_LIMIT)
         await support.with_timeout(client.until(2))
         self.assertEqual(client.messages, [b'"' + big + b'"', b'"small"'])
+
+
+class EndOfTurnTests(unittest.TestCase):
+    async def connected(self):
+        port, recorders = listen(self)
+        opened = Deferred()
+        factory = protocol.ClientFactory()
+        factory.buildProtocol = lambda addr: HandClient(opened)
+        reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
+        client = await support.with_timeout(opened)
+        self.addCleanup(client.transport.abortConnection)
+        return client, recorders[0].transport
+
+    async def until_frames(self, client: HandClient, count: int) -> list[tuple[int, bytes]]:
+        while len(client.frames) < count:
+            await support.with_timeout(client.next_frame())
+        return client.frames
+
+    async def test_small_and_large_messages_keep_their_order(self):
+        client, server = await self.connected()
+        big = b'"' + b"x" * websocket.END_OF_TURN_BYTES + b'"'
+        server.sendMessage(b'"one"')
+        server.sendMessage(big)
+        server.sendMessage(b'"two"')
+        self.assertEqual(await self.until_frames(client, 3),
+                         [(0x1, b'"one"'), (0x1, big), (0x1, b'"two"')])
+
+    async def test_messages_of_the_turn_go_before_the_close(self):
+        client, server = await self.connected()
+        server.sendMessage(b'"one"')
+        server.sendMessage(b'"two"')
+        server.loseConnection()
+        frames = await self.until_frames(client, 3)
+        self.assertEqual(frames[:2], [(0x1, b'"one"'), (0x1, b'"two"')])
+        self.assertEqual(frames[2][0], 0x8)
+        # The closing handshake, completed: the server hangs up.
+        client.transport.write(masked(frames[2][1], 0x8))
+        await support.with_timeout(client.lost)

@@ -57,11 +57,14 @@ from execserver.relay.frames import Frame, FrameKind, InvalidFrame, parse_frame
 from execserver.relay.limits import MAX_WEBSOCKET_MESSAGE_BYTES
 from execserver.relay.watchdog import PongWatchdog
 from execserver.transports.framecutter import FrameCutter
+from execserver.transports.sending import send_now
 
 log = Logger()
 
 #: Seconds to open a socket: TCP, TLS and the WebSocket upgrade.
 CONNECT_TIMEOUT_SECONDS = 10.0
+#: A pump round sends its frames together, at least every this many bytes.
+PUMP_BATCH_BYTES = 64 * 1024
 
 #: Why a socket ended, as codex names it in its logs.
 PONG_TIMEOUT = "pong_timeout"
@@ -162,6 +165,9 @@ class RelaySocket:
         self._streams: dict[str, IRelayStream] = {}
         self._ready: OrderedDict[IRelayStream, None] = OrderedDict()
         self._pumping = False
+        #: The frames of a pump round not sent yet (None between rounds).
+        self._batch: list[bytes] | None = None
+        self._batch_bytes = 0
         self._pump_call: IDelayedCall | None = None
         self._read_pauses: set[Hashable] = set()
         self._end_reason: str | None = None
@@ -201,6 +207,10 @@ class RelaySocket:
         if self._pumping:
             return
         self._pumping = True
+        # The round's frames go out together, in one send when the socket
+        # has nothing queued; every PUMP_BATCH_BYTES, so that a full send
+        # buffer still pauses the round.
+        self._batch = []
         try:
             while self._ready and not self.sending_paused and self.relay_open:
                 stream, _ = self._ready.popitem(last=False)
@@ -209,8 +219,21 @@ class RelaySocket:
                     continue
                 self._ready[stream] = None
                 self.writeFrame(frame)
+                if self._batch_bytes >= PUMP_BATCH_BYTES:
+                    self._send_batch()
         finally:
             self._pumping = False
+            self._send_batch()
+            self._batch = None
+
+    def _send_batch(self) -> None:
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if batch and self.relay_open:
+            self._send(batch)
+
+    def _send(self, parts) -> None:
+        if not send_now(self.transport, parts):
+            self.transport.writeSequence(parts)
 
     # Sending
 
@@ -230,7 +253,12 @@ class RelaySocket:
             # One binary WebSocket frame, written whole: autobahn's
             # sendMessage costs several times more per frame, and relay
             # frames are many and small.
-            self.transport.writeSequence(_binary_frame(data, masked=not self.factory.isServer))
+            parts = _binary_frame(data, masked=not self.factory.isServer)
+            if self._batch is not None:
+                self._batch.extend(parts)
+                self._batch_bytes += len(data)
+            else:
+                self._send(parts)
 
     # Reading
 

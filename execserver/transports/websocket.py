@@ -44,6 +44,7 @@ from zope.interface import implementer
 from execserver.interfaces import IMessageProtocol, IMessageTransport, PeerGoingAway
 from execserver.readiness import Readiness
 from execserver.transports.framecutter import FrameCutter
+from execserver.transports.sending import send_now
 from execserver.wsauth import IAuthenticator
 
 PING_INTERVAL_SECONDS = 30
@@ -56,13 +57,15 @@ SEND_BUFFER_BYTES = 128 * 1024
 #: 128 KiB per reactor turn, a 16 MiB file read took 169 turns.
 LARGE_MESSAGE_BYTES = 1024 * 1024
 LARGE_SEND_BUFFER_BYTES = 4 * 1024 * 1024
+#: The server's messages below this size wait for the end of the reactor's
+#: turn and go out together (a process's exit and close, a reply and the
+#: output that came with it), in one send with no further turn; larger
+#: ones go at once (L{execserver.transports.sending}). Through Twisted's
+#: write buffer each send took another turn and two epoll_ctl calls.
+END_OF_TURN_BYTES = 32 * 1024
 #: The reference's limits (tungstenite's defaults).
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-#: Messages at least this large are handed to the kernel as they are, in one
-#: vectored send, when nothing is queued ahead of them: joined into
-#: Twisted's buffer first, each byte would be copied once more.
-VECTORED_SEND_BYTES = 32 * 1024
 #: The Close frame of a server that stops (RFC 6455's "going away").
 GOING_AWAY = 1001
 GOING_AWAY_REASON = "server shutting down"
@@ -83,6 +86,9 @@ class MessageTransport:
     def __init__(self, protocol) -> None:
         self.protocol = protocol
         self._send_window_raised = False
+        #: The parts of this turn's small messages, not sent yet.
+        self._waiting: list[bytes] = []
+        self._flush_call = None
         peer = protocol.transport.getPeer()
         if isinstance(peer, (IPv4Address, IPv6Address)):
             host = f"[{peer.host}]" if ":" in peer.host else peer.host
@@ -108,10 +114,32 @@ class MessageTransport:
             if (length >= LARGE_MESSAGE_BYTES) is not self._send_window_raised:
                 self._raise_send_window(length >= LARGE_MESSAGE_BYTES)
             parts = (_text_frame_header(length), *parts)
-            if length < VECTORED_SEND_BYTES or not _send_vectored(protocol.transport, parts):
-                protocol.transport.writeSequence(parts)
+            transport = protocol.transport
+            if length < END_OF_TURN_BYTES and type(transport) is tcp.Server:
+                self._waiting.extend(parts)
+                if self._flush_call is None:
+                    self._flush_call = transport.reactor.callLater(0, self.flush)
+                return
+            self.flush()
+            if not send_now(transport, parts):
+                transport.writeSequence(parts)
         else:
             protocol.sendMessage(b"".join(parts), isBinary=False)
+
+    def flush(self) -> None:
+        """
+        Send the small messages of this turn, together, in one send when
+        the socket has nothing queued.
+        """
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if self._waiting:
+            parts, self._waiting = self._waiting, []
+            transport = self.protocol.transport
+            if not send_now(transport, parts):
+                transport.writeSequence(parts)
 
     def _raise_send_window(self, raised: bool) -> None:
         """
@@ -135,6 +163,7 @@ class MessageTransport:
         self.protocol.sendClose()
 
     def abortConnection(self) -> None:
+        self._waiting.clear()
         self.protocol.transport.abortConnection()
 
     def registerProducer(self, producer, streaming: bool) -> None:
@@ -153,37 +182,6 @@ class MessageTransport:
 
     def stopProducing(self) -> None:
         self.abortConnection()
-
-
-def _send_vectored(transport, parts: tuple[bytes, ...]) -> bool:
-    """
-    Send C{parts} on a plain TCP connection whose write buffer is empty
-    with one C{sendmsg}, queueing what the kernel did not take as one
-    buffer. False, having done nothing, when anything is queued (order
-    matters), under TLS, or when the send fails (Twisted then meets the
-    error itself and ends the connection its own way).
-    """
-    if (type(transport) is not tcp.Server or transport.TLS or not transport.connected
-            or transport.disconnecting or transport._tempDataBuffer
-            or len(transport.dataBuffer) != transport.offset):
-        return False
-    try:
-        sent = transport.socket.sendmsg(parts)
-    except BlockingIOError:
-        sent = 0
-    except OSError:
-        return False
-    rest = []
-    for part in parts:
-        if sent >= len(part):
-            sent -= len(part)
-        else:
-            rest.append(memoryview(part)[sent:] if sent else part)
-            sent = 0
-    if rest:
-        # One buffer: Twisted sends a lone buffer without copying it again.
-        transport.write(b"".join(rest))
-    return True
 
 
 def _text_frame_header(length: int) -> bytes:
@@ -229,6 +227,13 @@ class OpenWebSockets:
 
 class ExecServerWebSocketProtocol(FrameCutter, WebSocketServerProtocol):
     connection = None
+    message_transport = None
+
+    def sendCloseFrame(self, code=None, reasonUtf8=None, isReply=False) -> None:
+        # Every message sent before the Close goes before it.
+        if self.message_transport is not None:
+            self.message_transport.flush()
+        super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def onOpen(self) -> None:
         # Bound what sits in the kernel unacknowledged: what a dropped
@@ -240,7 +245,8 @@ class ExecServerWebSocketProtocol(FrameCutter, WebSocketServerProtocol):
         self.transport.unregisterProducer()
         self.factory.websockets.add(self)
         self.connection = self.factory.build_protocol()
-        self.connection.makeConnection(MessageTransport(self))
+        self.message_transport = MessageTransport(self)
+        self.connection.makeConnection(self.message_transport)
         self.start_cutting()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
