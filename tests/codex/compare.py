@@ -10,6 +10,7 @@ import difflib
 import re
 from dataclasses import dataclass
 
+from tests.codex.normalize import comparable
 from tests.codex.runner import CodexRun
 
 
@@ -69,7 +70,7 @@ def differences(reference: CodexRun, ours: CodexRun) -> list[str]:
         actual = ours.normalized.get(call.label, "<no output>")
         for difference in call.accept:
             expected, actual = difference.accept(expected, actual)
-        if expected != actual:
+        if comparable(call, expected) != comparable(call, actual):
             diff = "\n".join(difflib.unified_diff(
                 expected.splitlines(), actual.splitlines(),
                 f"{reference.target.name}", f"{ours.target.name}", lineterm=""))

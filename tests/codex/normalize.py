@@ -52,7 +52,14 @@ def normalize_outputs(outputs: dict[str, Any], calls: list[ToolCall], scratch: s
         text = _CHUNK_ID.sub("Chunk ID: <chunk>", text)
         text = _WALL_TIME.sub("Wall time: <wall>", text)
         text = _SESSION_ID.sub(session, text)
-        if call.unordered:
-            text = " ".join(sorted(text.split()))
         normalized[call.label] = text
     return normalized
+
+
+def comparable(call: ToolCall, text: str) -> str:
+    """
+    What is compared of a normalized output: the output itself, or the
+    sorted list of its words for a call whose output interleaves two
+    streams (L{ToolCall.unordered}).
+    """
+    return " ".join(sorted(text.split())) if call.unordered else text

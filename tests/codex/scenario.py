@@ -54,7 +54,8 @@ class ToolCall:
     @ivar unordered: the output interleaves stdout and stderr. Codex merges
         the two in the order it receives them, and which of two pipes that
         both have data is read first is a race in both servers, so the
-        output's words are compared as a sorted list: not its lines, as a
+        outputs are compared as sorted lists of words (L{expect} is still
+        looked for in the output as it came): not of lines, as a
         line can be cut in two by the other stream (C{touch} writes
         C{"touch: "} and its message in two writes; the reference once
         delivered C{"touch: rc=1"} and the message on a line of its own).
