@@ -346,8 +346,6 @@ class ManagedProcess:
         if self.sandboxed:
             self.sandbox_denied = denial.likely_denied(exit_code, self.log.retained())
         seq = self.log.record_exit(exit_code)
-        audit.record("process.exit", session=self.session.id, process=self.process_id,
-                     exit_code=exit_code)
         self.session.deliver(rpc.encode_notification("process/exited", {
             "processId": self.process_id,
             "seq": seq,
@@ -355,6 +353,11 @@ class ManagedProcess:
             "sandboxDenied": self.sandbox_denied,
         }))
         self._maybe_close()
+        # Recorded at the end of this turn, once the exit (and the close,
+        # when the streams end with it) has been sent: the client waits
+        # for those, nobody for the log line.
+        self.session.reactor.callLater(0, audit.record, "process.exit", session=self.session.id,
+                                       process=self.process_id, exit_code=exit_code)
 
     def _maybe_close(self) -> None:
         """
