@@ -153,6 +153,20 @@ class EndOfTurnTests(unittest.TestCase):
         self.assertEqual(await self.until_frames(client, 3),
                          [(0x1, b'"one"'), (0x1, big), (0x1, b'"two"')])
 
+    async def test_many_small_messages_reach_twisted_within_the_turn(self):
+        client, server = await self.connected()
+        tcp = server.protocol.transport
+        paused = []
+        tcp.registerProducer(_PauseRecorder(paused), True)
+        message = b'"' + b"y" * 1000 + b'"'
+        # More than the socket and Twisted's buffer hold, in one turn: the
+        # producer is paused before the turn ends.
+        for _ in range(2000):
+            server.sendMessage(message)
+        self.assertTrue(paused)
+        frames = await self.until_frames(client, 2000)
+        self.assertEqual(frames, [(0x1, message)] * 2000)
+
     async def test_messages_of_the_turn_go_before_the_close(self):
         client, server = await self.connected()
         server.sendMessage(b'"one"')
@@ -164,3 +178,17 @@ class EndOfTurnTests(unittest.TestCase):
         # The closing handshake, completed: the server hangs up.
         client.transport.write(masked(frames[2][1], 0x8))
         await support.with_timeout(client.lost)
+
+
+class _PauseRecorder:
+    def __init__(self, paused: list) -> None:
+        self.paused = paused
+
+    def pauseProducing(self) -> None:
+        self.paused.append(True)
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass

@@ -88,6 +88,7 @@ class MessageTransport:
         self._send_window_raised = False
         #: The parts of this turn's small messages, not sent yet.
         self._waiting: list[bytes] = []
+        self._waiting_bytes = 0
         self._flush_call = None
         peer = protocol.transport.getPeer()
         if isinstance(peer, (IPv4Address, IPv6Address)):
@@ -117,7 +118,12 @@ class MessageTransport:
             transport = protocol.transport
             if length < END_OF_TURN_BYTES and type(transport) is tcp.Server:
                 self._waiting.extend(parts)
-                if self._flush_call is None:
+                self._waiting_bytes += length
+                if self._waiting_bytes >= END_OF_TURN_BYTES:
+                    # Many in one turn: Twisted's buffer sees them now, and
+                    # pauses what produces them if the peer does not read.
+                    self.flush()
+                elif self._flush_call is None:
                     self._flush_call = transport.reactor.callLater(0, self.flush)
                 return
             self.flush()
@@ -136,7 +142,7 @@ class MessageTransport:
                 self._flush_call.cancel()
             self._flush_call = None
         if self._waiting:
-            parts, self._waiting = self._waiting, []
+            parts, self._waiting, self._waiting_bytes = self._waiting, [], 0
             transport = self.protocol.transport
             if not send_now(transport, parts):
                 transport.writeSequence(parts)
@@ -164,6 +170,7 @@ class MessageTransport:
 
     def abortConnection(self) -> None:
         self._waiting.clear()
+        self._waiting_bytes = 0
         self.protocol.transport.abortConnection()
 
     def registerProducer(self, producer, streaming: bool) -> None:
