@@ -172,6 +172,23 @@ def listen(testcase) -> tuple:
     return port, recorders
 
 
+async def hand_client(testcase) -> tuple[HandClient, Recorder]:
+    """
+    A L{HandClient} connected to our WebSocket server (L{listen}), and the
+    L{Recorder} of the server's side of the connection.
+    """
+    port, recorders = listen(testcase)
+    opened = Deferred()
+    factory = protocol.ClientFactory()
+    factory.buildProtocol = lambda addr: HandClient(opened)
+    reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
+    client = await support.with_timeout(opened)
+    testcase.addCleanup(client.transport.abortConnection)
+    recorder = recorders[0]
+    testcase.addCleanup(recorder.transport.abortConnection)
+    return client, recorder
+
+
 class _ReadingTests:
     """
     What both sides must do with the frames of the other; a subclass says
@@ -303,16 +320,7 @@ class ServerReceiveTests(_ReadingTests, unittest.TestCase):
     """
 
     async def connected(self) -> tuple[HandClient, Recorder]:
-        port, recorders = listen(self)
-        opened = Deferred()
-        client_factory = protocol.ClientFactory()
-        client_factory.buildProtocol = lambda addr: HandClient(opened)
-        reactor.connectTCP("127.0.0.1", port.getHost().port, client_factory)
-        client = await support.with_timeout(opened)
-        self.addCleanup(client.transport.abortConnection)
-        recorder = recorders[0]
-        self.addCleanup(recorder.transport.abortConnection)
-        return client, recorder
+        return await hand_client(self)
 
     def frame(self, payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
         return masked(payload, opcode, fin)

@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from execserver.transports import websocket
 from execserver.transports.sending import send_now
 from tests import support
-from tests.test_websocket_receive import HandClient, Recorder, listen, masked
+from tests.test_websocket_receive import HandClient, Recorder, hand_client, listen, masked
 
 
 class Collector(protocol.Protocol):
@@ -130,14 +130,8 @@ class SendWindowTests(unittest.TestCase):
 
 class EndOfTurnTests(unittest.TestCase):
     async def connected(self):
-        port, recorders = listen(self)
-        opened = Deferred()
-        factory = protocol.ClientFactory()
-        factory.buildProtocol = lambda addr: HandClient(opened)
-        reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
-        client = await support.with_timeout(opened)
-        self.addCleanup(client.transport.abortConnection)
-        return client, recorders[0].transport
+        client, recorder = await hand_client(self)
+        return client, recorder.transport
 
     async def until_frames(self, client: HandClient, count: int) -> list[tuple[int, bytes]]:
         while len(client.frames) < count:
