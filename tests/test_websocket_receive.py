@@ -81,13 +81,16 @@ class HandPeer(protocol.Protocol):
             self.opened.callback(self)
         while len(self.buffer) >= 2:
             length, start = self.buffer[1] & 0x7F, 2
+            extended = {126: 2, 127: 8}.get(length, 0)
+            masked = 4 if self.buffer[1] & 0x80 else 0
+            if len(self.buffer) < start + extended + masked:
+                return
             if length == 126:
                 length, start = struct.unpack("!H", self.buffer[2:4])[0], 4
             elif length == 127:
                 length, start = struct.unpack("!Q", self.buffer[2:10])[0], 10
-            mask = b""
-            if self.buffer[1] & 0x80:
-                mask, start = self.buffer[start:start + 4], start + 4
+            mask = self.buffer[start:start + masked]
+            start += masked
             if len(self.buffer) < start + length:
                 return
             payload = self.buffer[start:start + length]
