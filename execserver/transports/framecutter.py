@@ -34,7 +34,7 @@ def unmask(payload: memoryview, key: bytes) -> bytes:
     """
     length = len(payload)
     if length > _INTEGER_UNMASK_BYTES:
-        return create_xor_masker(key, length).process(bytes(payload))
+        return create_xor_masker(key, length).process(payload)
     repeated = (key * ((length >> 2) + 1))[:length]
     return (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(
         length, "little")
