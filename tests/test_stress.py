@@ -87,3 +87,46 @@ class FuzzTests(unittest.TestCase):
                 (True, [], 0, 0, False, True), name)
             self.assertGreater(result["victim"]["requests"], 0, name)
         self.assertTrue(figures["ok"])
+
+
+class ScratchBoundTests(unittest.TestCase):
+    """
+    The fuzzers' scratch tree is emptied once it is over its bound, and
+    only then; what its links point to is left alone.
+    """
+
+    def setUp(self):
+        from tests.stress import fuzzing
+        self.patch(fuzzing, "SCRATCH_BOUND_ENTRIES", 4)
+        self.patch(fuzzing, "SCRATCH_BOUND_BYTES", 1000)
+        self.outside = self.mktemp()
+        os.mkdir(self.outside)
+        with open(os.path.join(self.outside, "kept"), "wb") as f:
+            f.write(b"x")
+        self.scratch = self.mktemp()
+        os.makedirs(os.path.join(self.scratch, "a", "b"))
+        os.symlink(self.outside, os.path.join(self.scratch, "link"))
+        self.bound = fuzzing.ScratchBound(self.scratch)
+
+    def test_within_the_bound_nothing_is_removed(self):
+        self.bound.trim()
+        self.assertEqual((sorted(os.listdir(self.scratch)), self.bound.trims), (["a", "link"], 0))
+
+    def test_too_many_entries(self):
+        for name in "cd":
+            open(os.path.join(self.scratch, "a", name), "w").close()
+        self.bound.trim()
+        self.assertEqual((os.listdir(self.scratch), self.bound.trims), ([], 1))
+        self.assertEqual(os.listdir(self.outside), ["kept"])
+
+    def test_too_many_bytes(self):
+        with open(os.path.join(self.scratch, "a", "b", "big"), "wb") as f:
+            f.write(b"x" * 1001)
+        self.bound.trim()
+        self.assertEqual((os.listdir(self.scratch), self.bound.trims), ([], 1))
+        self.assertEqual(os.listdir(self.outside), ["kept"])
+
+    def test_a_removed_tree_is_within_the_bound(self):
+        os.rename(self.scratch, self.scratch + "-gone")
+        self.bound.trim()
+        self.assertEqual(self.bound.trims, 0)

@@ -30,7 +30,7 @@ from zope.interface import implementer
 from execserver.interfaces import IMessageProtocol
 from execserver.transports import websocket
 from tests.stress import common, relayfuzz, rpcfuzz, victim as victims
-from tests.stress.fuzzing import FuzzCounts, Victim, confinement_probe, timeout
+from tests.stress.fuzzing import FuzzCounts, ScratchBound, Victim, confinement_probe, timeout
 #: Victim requests timed without fuzzers, for comparison.
 BASELINE_REQUESTS = 300
 
@@ -165,14 +165,17 @@ async def rpc_side(kind: str, messages: int, connections: int, seed: int) -> dic
             if problem:
                 baseline.wrong.append(problem)
         counts = [FuzzCounts() for _ in range(connections)]
+        bound = ScratchBound(os.path.join(scratch, "fuzz"))
         started = common.now()
         remote = victims.Remote.start(server.url, path)
+        bound.start()
         try:
             await defer.gatherResults([defer.ensureDeferred(
-                _fuzzer(server.url, rpcfuzz.Generator(seed + index, os.path.join(scratch, "fuzz")),
+                _fuzzer(server.url, rpcfuzz.Generator(seed + index, bound.scratch),
                         messages // connections, counts[index], _initializes(seed + index)))
                 for index in range(connections)], consumeErrors=True)
         finally:
+            await bound.stop()
             victim = await remote.stop()
         seconds = common.now() - started
         total = FuzzCounts()
@@ -190,7 +193,7 @@ async def rpc_side(kind: str, messages: int, connections: int, seed: int) -> dic
             "baseline": baseline.figures(), "final_answer_ok": final is None, "alive": alive,
             "exit_status": status, "log_problems": problems[:10],
             "log_problem_count": len(problems), "rss_mib_after": resources.rss_mib,
-            "fds_after": resources.fds}
+            "fds_after": resources.fds, "scratch_trims": bound.trims}
 
 
 async def main(args) -> common.Report:
@@ -236,6 +239,9 @@ def _row(report: common.Report, target: str, result: dict) -> None:
                result["log_problem_count"], victim["requests"], victim["wrong"],
                round(victim["p50_ms"], 1), round(victim["p99_ms"], 1),
                f"{baseline['p50_ms']:.1f}/{baseline['p99_ms']:.1f}")
+    if result["scratch_trims"]:
+        report.notes.append(f"{target}: the fuzzers' scratch tree was emptied "
+                            f"{result['scratch_trims']} times (tests.stress.fuzzing.ScratchBound)")
     if result["log_problems"]:
         report.notes.append(f"{target}: log problems: {result['log_problems'][:3]}")
     if victim["wrong_examples"]:

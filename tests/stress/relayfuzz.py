@@ -46,7 +46,8 @@ from execserver.rendezvous.site import Rendezvous, site
 from execserver.rendezvous.store import BearerTokens
 from tests.stress import common, rpcfuzz
 from tests.stress.faults import ENVIRONMENT_ID, EXECUTORS, TOKEN, Executor
-from tests.stress.fuzzing import FuzzCounts, Victim, alongside, confinement_probe, timeout
+from tests.stress.fuzzing import (FuzzCounts, ScratchBound, Victim, alongside,
+                                  confinement_probe, timeout)
 
 BATCH = 100
 #: Rare: a broken stream is opened again, and opening waits while the
@@ -410,11 +411,16 @@ async def run(executor_kind: str, frames: int, connections: int, seed: int) -> d
         registry = RegistryClient(reactor, registry_url, TOKEN)
         counts = [FuzzCounts() for _ in range(connections)]
         opening: list = []
+        bound = ScratchBound(scratch)
         started = common.now()
-        await alongside(victim, [
-            _fuzzer(registry, identity, seed + index, frames // connections, counts[index],
-                    scratch, opening)
-            for index in range(connections)])
+        bound.start()
+        try:
+            await alongside(victim, [
+                _fuzzer(registry, identity, seed + index, frames // connections, counts[index],
+                        scratch, opening)
+                for index in range(connections)])
+        finally:
+            await bound.stop()
         seconds = common.now() - started
         final = await ask()
         client.close()
@@ -435,4 +441,5 @@ async def run(executor_kind: str, frames: int, connections: int, seed: int) -> d
             "baseline": baseline.figures(), "final_answer_ok": final is None, "alive": alive,
             "log_problems": found[:10], "log_problem_count": len(found),
             "rendezvous_log_problems": len(problems.problems),
-            "rss_mib_after": resources.rss_mib, "fds_after": resources.fds}
+            "rss_mib_after": resources.rss_mib, "fds_after": resources.fds,
+            "scratch_trims": bound.trims}
