@@ -275,36 +275,47 @@ def write_block(fd: int, offset: int, data: bytes) -> dict:
 # Handlers (reactor thread)
 
 
-def _blocking(connection: ServerConnection, function: Callable, *args) -> Deferred:
-    return connection.server.run_blocking(_as_rpc_errors, function, *args)
+def _blocking(connection: ServerConnection, function: Callable, *args,
+              finish: Callable[[Any], Any] | None = None) -> Deferred:
+    """
+    Run C{function(*args)} in the thread pool, and C{finish} on its result
+    there too (the serializing of a large answer: on the reactor thread it
+    would hold up every connection).
+    """
+    return connection.server.run_blocking(_as_rpc_errors, function, args, finish)
 
 
-def _as_rpc_errors(function: Callable, *args) -> Any:
+def _as_rpc_errors(function: Callable, args: tuple,
+                   finish: Callable[[Any], Any] | None) -> Any:
     try:
-        return function(*args)
+        result = function(*args)
     except OSError as e:
         raise oserrors.to_rpc_error(e) from None
+    return result if finish is None else finish(result)
 
 
 def _operation(connection: ServerConnection, plan: Plan | None, op: str, *args,
-               where: tuple[bytes, ...] = ()) -> Deferred:
+               where: tuple[bytes, ...] = (),
+               finish: Callable[[Any], Any] | None = None) -> Deferred:
     """
-    Run L{fsops} function C{op} in the thread pool: in place, or in a
-    helper confined by C{plan}. The helper also sees its own runtime (the
-    interpreter and this package); there a path of C{where} that the
-    profile does not grant is missing, as it would be for a child.
+    Run L{fsops} function C{op} in the thread pool, and C{finish} on its
+    result: in place, or in a helper confined by C{plan}. The helper also
+    sees its own runtime (the interpreter and this package); there a path
+    of C{where} that the profile does not grant is missing, as it would be
+    for a child.
     """
     reading = op in _READS or (op == "open_file" and args[1] == "read")
     if plan is None or (plan.reads_everything and reading):
         # As in the reference: what the profile lets anyone read is read
         # in place.
-        done = _blocking(connection, getattr(fsops, op), *args)
+        done = _blocking(connection, getattr(fsops, op), *args, finish=finish)
     elif any(policy.hidden_runtime(plan, path) for path in where):
         if op == "remove" and args[2]:
             return _blocking(connection, dict)  # forced: nothing to remove
         return _blocking(connection, _invisible)
     else:
-        done = _blocking(connection, fshelper.call, runner.sandboxing, plan, op, list(args))
+        done = _blocking(connection, fshelper.call, runner.sandboxing, plan, op, list(args),
+                         finish=finish)
     if not reading:
         done.addCallback(_audited, connection, _AUDIT_EVENTS.get(op, "fs.write"), where)
     return done
@@ -332,15 +343,16 @@ def _invisible() -> None:
     raise FileNotFoundError(errno.ENOENT, "No such file or directory")
 
 
-def _at_path(connection: ServerConnection, p: dict, op: str, *args) -> Deferred:
+def _at_path(connection: ServerConnection, p: dict, op: str, *args,
+             finish: Callable[[Any], Any] | None = None) -> Deferred:
     """
     Check the sandbox and the path, in the reference's order, then run
-    C{op(path, *args)}.
+    C{op(path, *args)} and C{finish} on its result.
     """
     restrictive = sandbox.restricts(p["sandbox"])
     path = _host_path(p["path"])
     plan = _confinement(restrictive, p["sandbox"])
-    return _operation(connection, plan, op, path, *args, where=(path,))
+    return _operation(connection, plan, op, path, *args, where=(path,), finish=finish)
 
 
 def _file_contents(data: bytes) -> rpc.RawJson:
@@ -348,7 +360,8 @@ def _file_contents(data: bytes) -> rpc.RawJson:
 
 
 def handle_read_file(connection: ServerConnection, p: dict) -> Deferred:
-    return _at_path(connection, p, "read_file", p["followSymlinks"] is not False).addCallback(_file_contents)
+    return _at_path(connection, p, "read_file", p["followSymlinks"] is not False,
+                    finish=_file_contents)
 
 
 def handle_write_file(connection: ServerConnection, p: dict) -> Deferred:
@@ -405,7 +418,7 @@ def handle_walk(connection: ServerConnection, p: dict) -> Deferred:
     root = _host_path(p["path"])
     plan = _confinement(restrictive, p["sandbox"])
     return _operation(connection, plan, "walk", p["path"], root, options,
-                      where=(root,)).addCallback(walk_json)
+                      where=(root,), finish=walk_json)
 
 
 #: The end of a walk entry's JSON, for each kind.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 
 from twisted.internet import defer
 from twisted.trial import unittest
@@ -856,6 +857,40 @@ class ResponsivenessTests(unittest.TestCase):
         # The reader's request went out first; by the third answer on the
         # other connection the read was certainly under way.
         self.assertGreaterEqual(answered_during_the_read, 3)
+
+
+class SerializedInThePoolTests(FsTestCase):
+    """
+    The answers that may be megabytes (a file's base64, a walk's entries)
+    are serialized in the thread pool, not on the reactor thread.
+    """
+
+    def serializer_records_its_thread(self, name: str) -> list:
+        threads = []
+        serialize = getattr(filesystem, name)
+
+        def recording(result):
+            threads.append(threading.current_thread())
+            return serialize(result)
+
+        self.patch(filesystem, name, recording)
+        return threads
+
+    async def test_read_file(self):
+        threads = self.serializer_records_its_thread("_file_contents")
+        write(self.path("f"), b"contents")
+        self.assertEqual(await self.result("fs/readFile", {"path": self.uri("f")}),
+                         {"dataBase64": b64(b"contents")})
+        self.assertEqual(len(threads), 1)
+        self.assertIsNot(threads[0], threading.main_thread())
+
+    async def test_walk(self):
+        threads = self.serializer_records_its_thread("walk_json")
+        write(self.path("f"), b"")
+        result = await self.result("fs/walk", {"path": self.uri(), "options": WALK})
+        self.assertEqual(result["entries"], [{"path": self.uri("f"), "kind": "file"}])
+        self.assertEqual(len(threads), 1)
+        self.assertIsNot(threads[0], threading.main_thread())
 
 
 class WalkJsonTests(unittest.TestCase):
