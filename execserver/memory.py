@@ -14,12 +14,15 @@ of MiB it had freed (docs/reliability.md has the figures). So:
 * the mmap threshold is fixed at L{MMAP_THRESHOLD_BYTES}: big buffers are
   always mmapped, and unmapped when freed;
 * the threads share at most L{ARENA_MAX} arenas;
-* once the server is idle after some work (it used less than
-  L{IDLE_CPU_FRACTION} of a core over the last L{TRIM_INTERVAL_SECONDS}),
-  the cycle collector runs and C{malloc_trim(0)} returns the free pages of
-  every arena. Python collects cycles only as it allocates, so an idle
-  server would otherwise keep the connections and sessions that ended last
-  (objects that refer to each other) for good.
+* once the server is idle (it used less than L{IDLE_CPU_FRACTION} of a
+  core over the last L{TRIM_INTERVAL_SECONDS}) after some work, or after
+  closed processes let go of their output (L{released}: the replay windows
+  of processes that were retained for 80 s go when the server may have
+  been idle for a long time, at almost no CPU cost), the cycle collector
+  runs and C{malloc_trim(0)} returns the free pages of every arena. Python
+  collects cycles only as it allocates, so an idle server would otherwise
+  keep the connections and sessions that ended last (objects that refer to
+  each other) for good.
 
 On other C libraries (musl) the allocator is left alone; the collection
 still runs.
@@ -53,8 +56,13 @@ TRIM_INTERVAL_SECONDS = 10.0
 #: Idle: less CPU than this fraction of the interval was used in it...
 IDLE_CPU_FRACTION = 0.02
 #: ...after at least this much CPU time of work since memory was last given
-#: back (a server that stays idle has nothing new to give back).
+#: back (a server that stays idle has nothing new to give back), or after
+#: at least this much output was let go of.
 WORK_CPU_SECONDS = 0.05
+RELEASED_BYTES = 1024 * 1024
+
+#: Output let go of since the trimmer last looked (L{released}).
+_released_bytes = 0
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -96,6 +104,24 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def released(nbytes: int) -> None:
+    """
+    C{nbytes} of retained output were let go of: a reason to give memory
+    back once the server is idle, whatever CPU that took.
+    """
+    global _released_bytes
+    _released_bytes += nbytes
+
+
+def take_released() -> int:
+    """
+    The bytes let go of since the last call.
+    """
+    global _released_bytes
+    nbytes, _released_bytes = _released_bytes, 0
+    return nbytes
+
+
 def trim() -> None:
     """
     Give the free pages of every arena back to the system.
@@ -118,18 +144,23 @@ class IdleTrimmer(service.Service):
     see the module docstring.
 
     @param cpu_time: the process's CPU seconds so far, all threads.
+    @param take_released: the bytes of output let go of since it was last
+        called (L{take_released}).
     """
 
     def __init__(self, clock, give_back: Callable[[], None] = give_back,
                  cpu_time: Callable[[], float] = time.process_time,
-                 interval: float = TRIM_INTERVAL_SECONDS) -> None:
+                 interval: float = TRIM_INTERVAL_SECONDS,
+                 take_released: Callable[[], int] = take_released) -> None:
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
         self._give_back = give_back
         self._cpu_time = cpu_time
+        self._take_released = take_released
         self._interval = interval
         self._last = 0.0
         self._worked = 0.0
+        self._released = 0
 
     def startService(self) -> None:
         super().startService()
@@ -144,8 +175,11 @@ class IdleTrimmer(service.Service):
     def _tick(self) -> None:
         recent = self._cpu_time() - self._last
         self._worked += recent
-        if recent < self._interval * IDLE_CPU_FRACTION and self._worked >= WORK_CPU_SECONDS:
+        self._released += self._take_released()
+        if recent < self._interval * IDLE_CPU_FRACTION and (
+                self._worked >= WORK_CPU_SECONDS or self._released >= RELEASED_BYTES):
             self._give_back()
             self._worked = 0.0
+            self._released = 0
         # What giving back cost is not work to clean up after.
         self._last = self._cpu_time()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pybase64
 from twisted.internet.defer import Deferred
 
-from execserver import audit, rpc, wirejson
+from execserver import audit, memory, rpc, wirejson
 from execserver.sandbox import denial
 from execserver.spawn import Child, ChildSpec
 
@@ -196,6 +196,7 @@ class OutputLog:
         output would wait for the cycle collector, which an idle server
         does not run.)
         """
+        memory.released(self._retained_bytes)
         self._chunks = [None] * len(self._chunks)
         self._start = len(self._chunks)
         self._retained_bytes = 0

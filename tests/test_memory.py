@@ -46,14 +46,21 @@ class IdleTrimmerTests(unittest.SynchronousTestCase):
     def setUp(self):
         self.clock = task.Clock()
         self.cpu = 0.0
+        self.released = 0
         self.given_back = []
         self.trimmer = memory.IdleTrimmer(self.clock, lambda: self.given_back.append(
-            self.clock.seconds()), lambda: self.cpu, interval=10)
+            self.clock.seconds()), lambda: self.cpu, interval=10,
+            take_released=self.take_released)
         self.trimmer.startService()
         self.addCleanup(self.trimmer.stopService)
 
-    def interval(self, cpu_used: float) -> None:
+    def take_released(self) -> int:
+        released, self.released = self.released, 0
+        return released
+
+    def interval(self, cpu_used: float, released: int = 0) -> None:
         self.cpu += cpu_used
+        self.released += released
         self.clock.advance(10)
 
     def test_not_while_busy(self):
@@ -77,6 +84,19 @@ class IdleTrimmerTests(unittest.SynchronousTestCase):
         for _ in range(5):
             self.interval(memory.WORK_CPU_SECONDS / 4)
         self.assertEqual(self.given_back, [40])
+
+    def test_once_idle_after_output_was_let_go_of(self):
+        # Closed processes' output goes 80 s after they ended, at almost no
+        # CPU cost, on a server that may have been idle all along.
+        self.interval(5.0)
+        self.interval(0.0)
+        self.interval(0.0, released=memory.RELEASED_BYTES)
+        self.assertEqual(self.given_back, [20, 30])
+
+    def test_little_output_let_go_of_adds_up(self):
+        for _ in range(3):
+            self.interval(0.0, released=memory.RELEASED_BYTES // 2)
+        self.assertEqual(self.given_back, [20])
 
     def test_stopping_stops_it(self):
         self.interval(5.0)
@@ -113,7 +133,9 @@ class CycleFreeTests(unittest.TestCase):
         log = OutputLog()
         for _ in range(4):
             log.record_output("stdout", b"x" * 1024)
+        memory.take_released()
         log.clear()
+        self.assertEqual(memory.take_released(), 4 * 1024)
         self.assertEqual(log.chunks_after(0, None), [])
         self.assertEqual(log.retained(), [])
         self.assertEqual(log.record_output("stdout", b"y"), 5)
