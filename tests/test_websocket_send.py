@@ -70,9 +70,11 @@ class VectoredSendTests(unittest.TestCase):
         transport, client = await self.connected()
         big = os.urandom(8 * 1024 * 1024)
         self.assertTrue(send_now(transport, (b"head", big, b"tail")))
-        # The kernel cannot have taken 8 MiB at once: the rest is queued,
-        # and a later write comes after it.
-        self.assertTrue(transport._tempDataBuffer or transport.dataBuffer)
+        # The kernel cannot have taken 8 MiB at once: the rest is queued
+        # where it is, not copied, and a later write comes after it.
+        self.assertIs(transport.dataBuffer, big)
+        self.assertGreater(transport.offset, 0)
+        self.assertEqual(transport._tempDataBuffer, [b"tail"])
         transport.write(b"after")
         expected = b"head" + big + b"tail" + b"after"
         received = await support.with_timeout(client.until(len(expected)))
