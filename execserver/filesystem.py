@@ -22,10 +22,10 @@ from json.encoder import encode_basestring
 from typing import Any, Callable
 
 import pybase64
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
-from execserver import fshelper, fsops, oserrors
+from execserver import fshelper, fsops, nowait, oserrors
 from execserver import params as P
 from execserver import audit, paths, rpc, sandbox, wirejson
 from execserver.sandbox import runner
@@ -305,9 +305,7 @@ def _operation(connection: ServerConnection, plan: Plan | None, op: str, *args,
     for a child.
     """
     reading = op in _READS or (op == "open_file" and args[1] == "read")
-    if plan is None or (plan.reads_everything and reading):
-        # As in the reference: what the profile lets anyone read is read
-        # in place.
+    if _reads_in_place(plan, reading):
         done = _blocking(connection, getattr(fsops, op), *args, finish=finish)
     elif any(policy.hidden_runtime(plan, path) for path in where):
         if op == "remove" and args[2]:
@@ -319,6 +317,12 @@ def _operation(connection: ServerConnection, plan: Plan | None, op: str, *args,
     if not reading:
         done.addCallback(_audited, connection, _AUDIT_EVENTS.get(op, "fs.write"), where)
     return done
+
+
+def _reads_in_place(plan: Plan | None, reading: bool) -> bool:
+    # As in the reference: what the profile lets anyone read is read in
+    # place.
+    return plan is None or (plan.reads_everything and reading)
 
 
 #: The audit event of each operation that changes files (fs/open for
@@ -343,15 +347,23 @@ def _invisible() -> None:
     raise FileNotFoundError(errno.ENOENT, "No such file or directory")
 
 
-def _at_path(connection: ServerConnection, p: dict, op: str, *args,
-             finish: Callable[[Any], Any] | None = None) -> Deferred:
+def _checked(p: dict) -> tuple[bytes, Plan | None]:
     """
-    Check the sandbox and the path, in the reference's order, then run
-    C{op(path, *args)} and C{finish} on its result.
+    Check the sandbox and the path of C{p}, in the reference's order: the
+    host path, and the confinement (None: none).
     """
     restrictive = sandbox.restricts(p["sandbox"])
     path = _host_path(p["path"])
-    plan = _confinement(restrictive, p["sandbox"])
+    return path, _confinement(restrictive, p["sandbox"])
+
+
+def _at_path(connection: ServerConnection, p: dict, op: str, *args,
+             finish: Callable[[Any], Any] | None = None) -> Deferred:
+    """
+    Check the sandbox and the path, then run C{op(path, *args)} and
+    C{finish} on its result.
+    """
+    path, plan = _checked(p)
     return _operation(connection, plan, op, path, *args, where=(path,), finish=finish)
 
 
@@ -360,8 +372,16 @@ def _file_contents(data: bytes) -> rpc.RawJson:
 
 
 def handle_read_file(connection: ServerConnection, p: dict) -> Deferred:
-    return _at_path(connection, p, "read_file", p["followSymlinks"] is not False,
-                    finish=_file_contents)
+    follow = p["followSymlinks"] is not False
+    path, plan = _checked(p)
+    if follow and _reads_in_place(plan, reading=True):
+        # A small file in the page cache is read at once; the pool reads
+        # everything else (and gives every error).
+        data = nowait.read_small(path)
+        if data is not None:
+            return succeed(_file_contents(data))
+    return _operation(connection, plan, "read_file", path, follow, where=(path,),
+                      finish=_file_contents)
 
 
 def handle_write_file(connection: ServerConnection, p: dict) -> Deferred:

@@ -11,7 +11,7 @@ import threading
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from execserver import filesystem, paths, wirejson
+from execserver import filesystem, fsops, nowait, paths, wirejson
 from tests.support import attach, build_exec_server, handshake, send
 
 #: 256 bytes, 0 to 255.
@@ -859,6 +859,46 @@ class ResponsivenessTests(unittest.TestCase):
         self.assertGreaterEqual(answered_during_the_read, 3)
 
 
+class InPlaceReadTests(FsTestCase):
+    """
+    A small file in the page cache is read on the reactor thread
+    (L{nowait}); any other goes to the thread pool.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.pooled = []
+        run_blocking = self.server.run_blocking
+
+        def recording(function, *args, **kwargs):
+            self.pooled.append(args[0] if function is filesystem._as_rpc_errors else function)
+            return run_blocking(function, *args, **kwargs)
+
+        self.patch(self.server, "run_blocking", recording)
+
+    async def test_a_small_cached_file_is_read_in_place(self):
+        write(self.path("f"), b"contents")
+        self.assertEqual(await self.result("fs/readFile", {"path": self.uri("f")}),
+                         {"dataBase64": b64(b"contents")})
+        self.assertEqual(self.pooled, [])
+
+    async def test_other_reads_go_to_the_pool(self):
+        write(self.path("big"), b"x" * (nowait.INLINE_READ_BYTES + 1))
+        write(self.path("f"), b"contents")
+        for params in ({"path": self.uri("big")},
+                       {"path": self.uri("f"), "followSymlinks": False},
+                       {"path": self.uri("missing")}):
+            await self.call("fs/readFile", params)
+        self.assertEqual(self.pooled, [fsops.read_file] * 3)
+
+    async def test_errors_keep_their_texts(self):
+        os.mkfifo(self.path("fifo"))
+        await self.assertError("fs/readFile", {"path": self.uri("missing")}, *NOT_FOUND)
+        for path in (self.path("fifo"), self.root):
+            await self.assertError("fs/readFile", {"path": paths.from_host_path(path)}, -32600,
+                                   f"path `{path}` is not a file")
+
+
 class SerializedInThePoolTests(FsTestCase):
     """
     The answers that may be megabytes (a file's base64, a walk's entries)
@@ -878,9 +918,11 @@ class SerializedInThePoolTests(FsTestCase):
 
     async def test_read_file(self):
         threads = self.serializer_records_its_thread("_file_contents")
-        write(self.path("f"), b"contents")
+        # Larger than what is read in place (see InPlaceReadTests).
+        contents = os.urandom(nowait.INLINE_READ_BYTES + 1)
+        write(self.path("f"), contents)
         self.assertEqual(await self.result("fs/readFile", {"path": self.uri("f")}),
-                         {"dataBase64": b64(b"contents")})
+                         {"dataBase64": b64(contents)})
         self.assertEqual(len(threads), 1)
         self.assertIsNot(threads[0], threading.main_thread())
 
