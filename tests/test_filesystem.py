@@ -13,6 +13,7 @@ from twisted.trial import unittest
 
 from execserver import filesystem, fsops, nowait, paths, wirejson
 from tests.support import attach, build_exec_server, handshake, send
+from tests.test_nowait import skip_unless_read_in_place
 
 #: 256 bytes, 0 to 255.
 BIN = bytes(range(256))
@@ -877,6 +878,7 @@ class InPlaceReadTests(FsTestCase):
         self.patch(self.server, "run_blocking", recording)
 
     async def test_a_small_cached_file_is_read_in_place(self):
+        skip_unless_read_in_place(self.root)
         write(self.path("f"), b"contents")
         self.assertEqual(await self.result("fs/readFile", {"path": self.uri("f")}),
                          {"dataBase64": b64(b"contents")})
