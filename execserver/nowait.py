@@ -111,17 +111,14 @@ def read_small(path: bytes) -> bytes | None:
 
 
 def _read_cached(fd: int) -> bytes | None:
-    buffer = bytearray(INLINE_READ_BYTES + 1)
-    view = memoryview(buffer)
+    view = memoryview(bytearray(INLINE_READ_BYTES + 1))
     got = 0
-    try:
-        while got <= INLINE_READ_BYTES:
+    while got <= INLINE_READ_BYTES:
+        try:
             read = os.preadv(fd, [view[got:]], got, os.RWF_NOWAIT)
-            if read == 0:
-                return bytes(view[:got])
-            got += read
-    except OSError:
-        return None  # not all in the page cache (EAGAIN), or worse
-    finally:
-        view.release()
+        except OSError:
+            return None  # not all in the page cache (EAGAIN), or worse
+        if read == 0:
+            return bytes(view[:got])
+        got += read
     return None  # it grew past the bound meanwhile
