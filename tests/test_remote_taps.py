@@ -231,15 +231,23 @@ class PluginTests(unittest.TestCase):
                             "--listen", "tcp:0:interface=127.0.0.1")
         return await support.with_timeout(child.url)
 
-    async def echo(self, registry_url: str) -> bytes:
+    async def harness(self, registry_url: str) -> ExecServerClient:
         connector = RelayConnector(reactor, registry_url, "env-1", "sekrit", environ={})
         client = ExecServerClient(connector, reactor)
         self.addCleanup(client.close)
         await support.with_timeout(client.connect())
+        return client
+
+    async def echo_on(self, client: ExecServerClient) -> bytes:
         handle = await client.start_process(["/bin/echo", "hello"], env=ENV)
         await support.with_timeout(handle.when_closed())
-        client.close()
         return handle.receiver.output()
+
+    async def echo(self, registry_url: str) -> bytes:
+        client = await self.harness(registry_url)
+        output = await self.echo_on(client)
+        client.close()
+        return output
 
     async def test_the_executor_serves_through_the_rendezvous_until_stdin_closes(self):
         url = await self.rendezvous()
@@ -266,7 +274,11 @@ class PluginTests(unittest.TestCase):
         await executor.logged(b"rendezvous socket open")
         (executor_admin,) = await executor.announced(1)
         self.assertEqual(await http_get(executor_admin + "/readyz"), (200, b""))
-        self.assertEqual(await self.echo(url), b"hello\n")
+        # The harness stays connected while the counts are read: every frame
+        # it has sent so far has been answered, so none is still on its way
+        # between the rendezvous and the executor.
+        client = await self.harness(url)
+        self.assertEqual(await self.echo_on(client), b"hello\n")
         executor_counts = samples((await http_get(executor_admin + "/metrics"))[1].decode())
         rendezvous_counts = samples((await http_get(rendezvous_admin + "/metrics"))[1].decode())
 
@@ -288,6 +300,7 @@ class PluginTests(unittest.TestCase):
             # gets (and nothing else, with one executor and one harness).
             self.assertEqual(carried[0], carried[1], direction)
             self.assertGreater(carried[0], 0, direction)
+        client.close()
         rendezvous.process.signalProcess("TERM")
         await support.with_timeout(rendezvous.ended)
         await executor.logged(b"rendezvous socket closed")
