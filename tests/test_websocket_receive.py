@@ -369,3 +369,19 @@ class UnmaskTests(unittest.TestCase):
             key = rng.randbytes(4)
             expected = bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
             self.assertEqual(framecutter.unmask(memoryview(payload), key), expected, length)
+
+
+class ClientFrameTests(unittest.TestCase):
+    def test_header_key_and_masked_payload(self):
+        for length, header in [(0, b"\x81\x80"), (125, b"\x81\xfd"), (126, b"\x81\xfe\x00\x7e"),
+                               (65535, b"\x81\xfe\xff\xff"),
+                               (65536, b"\x81\xff" + struct.pack("!Q", 65536))]:
+            payload = os.urandom(length)
+            sent_header, key, masked = framecutter.client_frame(framecutter.TEXT_FRAME, payload)
+            self.assertEqual(sent_header, header, length)
+            self.assertEqual(len(key), 4)
+            self.assertEqual(framecutter.unmask(memoryview(masked), key), payload, length)
+
+    def test_every_frame_has_a_fresh_key(self):
+        keys = {framecutter.client_frame(framecutter.BINARY_FRAME, b"x")[1] for _ in range(64)}
+        self.assertGreater(len(keys), 60)

@@ -32,14 +32,11 @@ is L{RelayServerProtocol}, subclassed by the rendezvous.
 
 from __future__ import annotations
 
-import os
 import socket
-import struct
 from collections import OrderedDict
 from typing import Callable, Hashable
 from urllib.parse import urlsplit
 
-from autobahn.websocket.xormasker import create_xor_masker
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
@@ -56,7 +53,7 @@ from zope.interface import Interface, implementer
 from execserver.relay.frames import Frame, FrameKind, InvalidFrame, parse_frame
 from execserver.relay.limits import MAX_WEBSOCKET_MESSAGE_BYTES
 from execserver.relay.watchdog import PongWatchdog
-from execserver.transports.framecutter import FrameCutter
+from execserver.transports.framecutter import BINARY_FRAME, FrameCutter, client_frame, frame_header
 from execserver.transports.sending import send_now
 
 log = Logger()
@@ -374,18 +371,9 @@ class RelaySocket:
 
 def _binary_frame(payload: bytes, masked: bool) -> tuple[bytes, ...]:
     """A final binary frame (RFC 6455 5.2); a client masks it with a random key."""
-    length = len(payload)
-    mask_bit = 0x80 if masked else 0
-    if length < 126:
-        header = struct.pack("!BB", 0x82, mask_bit | length)
-    elif length < 1 << 16:
-        header = struct.pack("!BBH", 0x82, mask_bit | 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x82, mask_bit | 127, length)
-    if not masked:
-        return header, payload
-    key = os.urandom(4)
-    return header, key, create_xor_masker(key, length).process(payload)
+    if masked:
+        return client_frame(BINARY_FRAME, payload)
+    return frame_header(BINARY_FRAME, len(payload)), payload
 
 
 def _relay_options(factory) -> None:

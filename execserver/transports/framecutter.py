@@ -12,9 +12,16 @@ see (a control frame, a fragment, a frame over the limits or against the
 rules, masked when it must not be or the other way round) goes to it with
 the rest of that read, and it fails the connection where it must, as
 before; the next read is cut here again once autobahn is between messages.
+
+The same goes for writing: L{frame_header} and L{client_frame} make whole
+frames for the server, the client and the relay sockets to write
+themselves, without autobahn's per-frame objects.
 """
 
 from __future__ import annotations
+
+import os
+import struct
 
 from autobahn.websocket.xormasker import create_xor_masker
 
@@ -28,9 +35,10 @@ _MASKED = 0x80
 _INTEGER_UNMASK_BYTES = 512
 
 
-def unmask(payload: memoryview, key: bytes) -> bytes:
+def unmask(payload: memoryview | bytes, key: bytes) -> bytes:
     """
-    C{payload} XORed with the repeated four-byte C{key} (RFC 6455 5.3).
+    C{payload} XORed with the repeated four-byte C{key} (RFC 6455 5.3):
+    masking and unmasking alike.
     """
     length = len(payload)
     if length > _INTEGER_UNMASK_BYTES:
@@ -38,6 +46,28 @@ def unmask(payload: memoryview, key: bytes) -> bytes:
     repeated = (key * ((length >> 2) + 1))[:length]
     return (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(
         length, "little")
+
+
+def frame_header(first: int, length: int, masked: bool = False) -> bytes:
+    """
+    The header of a frame of C{length} payload bytes whose first byte
+    (FIN, RSV, opcode) is C{first}, without the masking key.
+    """
+    mask_bit = _MASKED if masked else 0
+    if length < 126:
+        return struct.pack("!BB", first, mask_bit | length)
+    if length < 1 << 16:
+        return struct.pack("!BBH", first, mask_bit | 126, length)
+    return struct.pack("!BBQ", first, mask_bit | 127, length)
+
+
+def client_frame(first: int, payload: bytes) -> tuple[bytes, bytes, bytes]:
+    """
+    A whole frame as a client sends it: masked with a fresh random key
+    (RFC 6455 5.3).
+    """
+    key = os.urandom(4)
+    return frame_header(first, len(payload), masked=True), key, unmask(payload, key)
 
 
 class FrameCutter:

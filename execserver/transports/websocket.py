@@ -23,7 +23,6 @@ every WebSocket with 1001 (going away); the reference just drops them.
 from __future__ import annotations
 
 import socket
-import struct
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -43,7 +42,7 @@ from zope.interface import implementer
 
 from execserver.interfaces import IMessageProtocol, IMessageTransport, PeerGoingAway
 from execserver.readiness import Readiness
-from execserver.transports.framecutter import FrameCutter
+from execserver.transports.framecutter import TEXT_FRAME, FrameCutter, client_frame, frame_header
 from execserver.transports.sending import send_now
 from execserver.wsauth import IAuthenticator
 
@@ -114,7 +113,7 @@ class MessageTransport:
             length = sum(len(part) for part in parts)
             if (length >= LARGE_MESSAGE_BYTES) is not self._send_window_raised:
                 self._raise_send_window(length >= LARGE_MESSAGE_BYTES)
-            parts = (_text_frame_header(length), *parts)
+            parts = (frame_header(TEXT_FRAME, length), *parts)
             transport = protocol.transport
             if length < END_OF_TURN_BYTES and type(transport) is tcp.Server:
                 self._waiting.extend(parts)
@@ -130,7 +129,12 @@ class MessageTransport:
             if not send_now(transport, parts):
                 transport.writeSequence(parts)
         else:
-            protocol.sendMessage(b"".join(parts), isBinary=False)
+            # Masked by hand: autobahn's sendMessage set up a masker and
+            # several objects for each frame, and a client streaming output
+            # sends an acknowledgement every few chunks.
+            frame = client_frame(TEXT_FRAME, b"".join(parts))
+            if not send_now(protocol.transport, frame):
+                protocol.transport.writeSequence(frame)
 
     def flush(self) -> None:
         """
@@ -189,14 +193,6 @@ class MessageTransport:
 
     def stopProducing(self) -> None:
         self.abortConnection()
-
-
-def _text_frame_header(length: int) -> bytes:
-    if length < 126:
-        return struct.pack("!BB", 0x81, length)
-    if length < 1 << 16:
-        return struct.pack("!BBH", 0x81, 126, length)
-    return struct.pack("!BBQ", 0x81, 127, length)
 
 
 class OpenWebSockets:
