@@ -56,16 +56,11 @@ async def read_file(client: common.Client, uri: str, rounds: int) -> float:
     return 16 * rounds / (common.now() - started)
 
 
-def _string_value(reply: bytes, key: bytes) -> memoryview:
-    start = reply.index(b'"%s":"' % key) + len(key) + 4
-    return memoryview(reply)[start:reply.index(b'"', start)]
-
-
 async def raw_read_file(client: raw.RawClient, uri: str, rounds: int) -> float:
     started = common.now()
     for _ in range(rounds):
-        reply = await client.call("fs/readFile", {"path": uri})
-        assert len(pybase64.b64decode(_string_value(reply, b"dataBase64"))) == 16 * BLOCK
+        decoded = await client.call("fs/readFile", {"path": uri}, count=b"dataBase64")
+        assert decoded == 16 * BLOCK, decoded
     return 16 * rounds / (common.now() - started)
 
 

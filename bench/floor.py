@@ -26,8 +26,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from twisted.internet import protocol, reactor  # noqa: E402
-
 from bench import common, raw  # noqa: E402
 
 PIPE_BYTES = 1024 * 1024
@@ -90,9 +88,7 @@ async def websocket_round_trips(rounds: int) -> list[float]:
     server = EchoServer()
     try:
         client = raw.RawClient(server.url)
-        await protocol.ClientCreator(reactor, lambda: client).connectTCP(
-            "127.0.0.1", int(server.url.rsplit(":", 1)[1]))
-        await client.opened
+        await client.open()
         times = []
         for n in range(rounds + 20):
             started = time.perf_counter()
