@@ -15,6 +15,7 @@ import operator
 import os
 import shutil
 import stat
+from typing import Callable
 
 from execserver import oserrors, paths, rpc
 
@@ -81,9 +82,8 @@ def _open_no_follow(path: bytes, flags: int, mode: int = 0o666) -> int:
         os.close(parent)
 
 
-def _read_all(fd: int, size: int) -> bytes:
+def _read_all(fd: int, size: int, total: int = 0) -> bytes:
     chunks = []
-    total = 0
     want = max(size, _READ_CHUNK)
     while True:
         chunk = os.read(fd, min(want, MAX_READ_FILE_BYTES + 1 - total))
@@ -95,6 +95,21 @@ def _read_all(fd: int, size: int) -> bytes:
             raise _too_large()
         want = _READ_CHUNK
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _read_into(fd: int, buffer: bytearray) -> bytes | memoryview:
+    """
+    Read C{fd} to its end into C{buffer}: a view of what was read, or the
+    bytes read when the file outgrew the buffer meanwhile.
+    """
+    view = memoryview(buffer)
+    filled = 0
+    while filled < len(buffer):
+        got = os.readv(fd, [view[filled:]])
+        if not got:
+            return view[:filled]
+        filled += got
+    return bytes(view) + _read_all(fd, 0, total=filled)
 
 
 def write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
@@ -187,7 +202,13 @@ def _create_dir_all(path: bytes) -> None:
 # The operations
 
 
-def read_file(path: bytes, follow: bool) -> bytes:
+def read_file(path: bytes, follow: bool,
+              buffer_for: Callable[[int], bytearray | None] | None = None) -> bytes | memoryview:
+    """
+    The contents of a regular file. C{buffer_for(size)} may lend a buffer
+    of more than C{size} bytes to read into, to be used again later: the
+    contents are then a view of it, good until it is returned.
+    """
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     fd = os.open(path, flags) if follow else _open_no_follow(path, flags)
     try:
@@ -196,7 +217,8 @@ def read_file(path: bytes, follow: bool) -> bytes:
             raise _not_a_file(path) if follow else rpc.invalid_request(_NOT_REGULAR)
         if info.st_size > MAX_READ_FILE_BYTES:
             raise _too_large()
-        data = _read_all(fd, info.st_size)
+        buffer = buffer_for(info.st_size) if buffer_for is not None else None
+        data = _read_all(fd, info.st_size) if buffer is None else _read_into(fd, buffer)
     finally:
         os.close(fd)
     return data

@@ -64,6 +64,9 @@ RELEASED_BYTES = 1024 * 1024
 #: Output let go of since the trimmer last looked (L{released}).
 _released_bytes = 0
 
+#: What L{give_back} lets go of first (L{release_when_idle}).
+_idle_releases: list[Callable[[], None]] = []
+
 
 def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
@@ -130,10 +133,21 @@ def trim() -> None:
         _libc.malloc_trim(0)
 
 
+def release_when_idle(release: Callable[[], None]) -> None:
+    """
+    Call C{release} (which lets go of memory kept for reuse) each time
+    memory is given back.
+    """
+    _idle_releases.append(release)
+
+
 def give_back() -> None:
     """
-    Free what only the cycle collector can, then return the free pages.
+    Let go of what is kept for reuse, free what only the cycle collector
+    can, then return the free pages.
     """
+    for release in _idle_releases:
+        release()
     gc.collect()
     trim()
 

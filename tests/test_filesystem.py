@@ -11,7 +11,7 @@ import threading
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from execserver import filesystem, fsops, nowait, paths, wirejson
+from execserver import filesystem, fsops, memory, nowait, paths, wirejson
 from tests.support import attach, build_exec_server, handshake, send
 from tests.test_nowait import skip_unless_read_in_place
 
@@ -891,7 +891,7 @@ class InPlaceReadTests(FsTestCase):
                        {"path": self.uri("f"), "followSymlinks": False},
                        {"path": self.uri("missing")}):
             await self.call("fs/readFile", params)
-        self.assertEqual(self.pooled, [fsops.read_file] * 3)
+        self.assertEqual(self.pooled, [filesystem._read_file_in_place] * 3)
 
     async def test_errors_keep_their_texts(self):
         os.mkfifo(self.path("fifo"))
@@ -899,6 +899,54 @@ class InPlaceReadTests(FsTestCase):
         for path in (self.path("fifo"), self.root):
             await self.assertError("fs/readFile", {"path": paths.from_host_path(path)}, -32600,
                                    f"path `{path}` is not a file")
+
+
+class SharedReadBufferTests(FsTestCase):
+    """
+    Reads in place take turns to use one buffer (L{filesystem.SharedReadBuffer}).
+    """
+
+    async def test_contents_around_the_buffer_sizes_come_back_whole_each_time(self):
+        mib = 1024 * 1024
+        for size in (0, 1, nowait.INLINE_READ_BYTES + 1, mib - 1, mib, mib + 1, 3 * mib):
+            contents = os.urandom(size)
+            write(self.path("f"), contents)
+            for _ in range(2):
+                self.assertEqual(await self.result("fs/readFile", {"path": self.uri("f")}),
+                                 {"dataBase64": b64(contents)}, size)
+
+    def test_a_read_while_the_buffer_is_lent_reads_into_fresh_memory(self):
+        shared = filesystem.SharedReadBuffer(1024)
+        write(self.path("f"), b"contents")
+        with shared.lent() as first, shared.lent() as second:
+            self.assertIsNone(second(8))
+            self.assertEqual(fsops.read_file(self.path("f").encode(), True, second), b"contents")
+            view = fsops.read_file(self.path("f").encode(), True, first)
+            self.assertIsInstance(view, memoryview)
+            self.assertEqual(bytes(view), b"contents")
+
+    def test_files_from_the_limit_on_read_into_fresh_memory(self):
+        shared = filesystem.SharedReadBuffer(1024)
+        with shared.lent() as buffer_for:
+            self.assertIsNone(buffer_for(1024))
+            self.assertGreater(len(buffer_for(1023)), 1023)
+
+    def test_a_file_that_outgrows_the_buffer_is_read_to_its_end(self):
+        contents = os.urandom(25)
+        write(self.path("f"), contents)
+        self.assertEqual(fsops.read_file(self.path("f").encode(), True, lambda size: bytearray(10)),
+                         contents)
+
+    def test_released_when_memory_is_given_back_unless_lent(self):
+        shared = filesystem.SharedReadBuffer(1024)
+        with shared.lent() as buffer_for:
+            kept = buffer_for(10)
+            shared.release()
+            self.assertIs(buffer_for(10), kept)
+        shared.release()
+        with shared.lent() as buffer_for:
+            self.assertIsNot(buffer_for(10), kept)
+        self.assertIn(filesystem._read_buffer.release, memory._idle_releases)
 
 
 class SerializedInThePoolTests(FsTestCase):

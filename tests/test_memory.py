@@ -119,6 +119,15 @@ class IdleTrimmerTests(unittest.SynchronousTestCase):
         self.assertIsNone(freed())
 
 
+class IdleReleaseTests(unittest.SynchronousTestCase):
+    def test_what_is_kept_for_reuse_goes_when_memory_is_given_back(self):
+        released = []
+        memory.release_when_idle(lambda: released.append(True))
+        self.addCleanup(memory._idle_releases.pop)
+        memory.give_back()
+        self.assertEqual(released, [True])
+
+
 class CycleFreeTests(unittest.TestCase):
     """
     A server that is idle allocates nothing, so Python's cycle collector
