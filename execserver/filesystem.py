@@ -252,21 +252,73 @@ def _unknown_handle(handle_id: str) -> rpc.RpcError:
     return rpc.not_found(f"unknown file handle `{handle_id}`")
 
 
+class SharedReadBuffer:
+    """
+    One buffer that the pool's file reads (fs/readFile in place,
+    fs/readBlock) take turns to read into; a read that finds it lent reads
+    into fresh memory, as all did before. Fresh memory costs a page fault
+    per 4 KiB, about as much here as the read itself: for a 16 MiB file,
+    4096 faults. The buffer grows to the largest read, up to L{limit}, and
+    goes when memory is given back (L{memory.give_back}, once the server is
+    idle).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._buffer: bytearray | None = None
+
+    @contextmanager
+    def lent(self) -> Iterator[Callable[[int], bytearray | None]]:
+        """
+        A C{buffer_for(size)}, good in this block: the buffer when it is
+        free and more than C{size} bytes fit, else None.
+        """
+        taken = self._lock.acquire(blocking=False)
+
+        def buffer_for(size: int) -> bytearray | None:
+            if not taken or size >= self.limit:
+                return None
+            if self._buffer is None or len(self._buffer) <= size:
+                self._buffer = bytearray(min(self.limit, -(-(size + 1) // _MIB) * _MIB))
+            return self._buffer
+
+        try:
+            yield buffer_for
+        finally:
+            if taken:
+                self._lock.release()
+
+    def release(self) -> None:
+        """Let go of the buffer, unless it is lent."""
+        if self._lock.acquire(blocking=False):
+            self._buffer = None
+            self._lock.release()
+
+
+_MIB = 1024 * 1024
+#: Reads of less than this use the shared buffer.
+SHARED_READ_BYTES = 32 * _MIB
+_read_buffer = SharedReadBuffer(SHARED_READ_BYTES)
+memory.release_when_idle(_read_buffer.release)
+
+
 def read_block(fd: int, offset: int, length: int) -> rpc.RawJson:
     if offset > MAX_FILE_OFFSET:
         raise OSError(errno.EINVAL, "Invalid argument")
-    chunks = []
-    got = 0
-    while got < length:
-        chunk = os.pread(fd, length - got, offset + got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return rpc.RawJson(
-        b'{"chunk":"', pybase64.b64encode(data), b'","eof":true}' if got < length else b'","eof":false}',
-    )
+    with _read_buffer.lent() as buffer_for:
+        buffer = buffer_for(length)
+        view = memoryview(bytearray(length) if buffer is None else buffer)[:length]
+        got = 0
+        while got < length:
+            read = os.preadv(fd, [view[got:]], offset + got)
+            if not read:
+                break
+            got += read
+        return rpc.RawJson(
+            b'{"chunk":"', pybase64.b64encode(view[:got]),
+            b'","eof":true}' if got < length else b'","eof":false}',
+        )
 
 
 def write_block(fd: int, offset: int, data: bytes) -> dict:
@@ -371,56 +423,6 @@ def _at_path(connection: ServerConnection, p: dict, op: str, *args,
 
 def _file_contents(data: bytes | memoryview) -> rpc.RawJson:
     return rpc.RawJson(b'{"dataBase64":"', pybase64.b64encode(data), b'"}')
-
-
-class SharedReadBuffer:
-    """
-    One buffer that the pool's file reads take turns to read into (a read
-    that finds it lent reads into fresh memory, as all did before). Fresh
-    memory costs a page fault per 4 KiB, about as much here as the read
-    itself: for a 16 MiB file, 4096 faults. The buffer grows to the largest
-    file read, up to L{limit}, and goes when memory is given back
-    (L{memory.give_back}, once the server is idle).
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._buffer: bytearray | None = None
-
-    @contextmanager
-    def lent(self) -> Iterator[Callable[[int], bytearray | None]]:
-        """
-        A C{buffer_for(size)} for L{fsops.read_file}, good in this block:
-        the buffer when it is free and a file of C{size} fits, else None.
-        """
-        taken = self._lock.acquire(blocking=False)
-
-        def buffer_for(size: int) -> bytearray | None:
-            if not taken or size >= self.limit:
-                return None
-            if self._buffer is None or len(self._buffer) <= size:
-                self._buffer = bytearray(min(self.limit, -(-(size + 1) // _MIB) * _MIB))
-            return self._buffer
-
-        try:
-            yield buffer_for
-        finally:
-            if taken:
-                self._lock.release()
-
-    def release(self) -> None:
-        """Let go of the buffer, unless it is lent."""
-        if self._lock.acquire(blocking=False):
-            self._buffer = None
-            self._lock.release()
-
-
-_MIB = 1024 * 1024
-#: In-place reads of files under this size use the shared buffer.
-SHARED_READ_BYTES = 32 * _MIB
-_read_buffer = SharedReadBuffer(SHARED_READ_BYTES)
-memory.release_when_idle(_read_buffer.release)
 
 
 def _read_file_in_place(path: bytes, follow: bool) -> rpc.RawJson:

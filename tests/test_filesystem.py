@@ -708,6 +708,15 @@ class HandleTests(FsTestCase):
         await self.result("fs/close", {"handleId": "w"})
         self.assertIn("result", await self.open("x"))
 
+    async def test_blocks_whether_or_not_the_shared_buffer_is_free(self):
+        await self.open("d")
+        for _ in range(2):
+            self.assertEqual((await self.block("d", 2, 5))["result"],
+                             {"chunk": b64(b"23456"), "eof": False})
+            with filesystem._read_buffer.lent():
+                self.assertEqual((await self.block("d", 7, 5))["result"],
+                                 {"chunk": b64(b"789"), "eof": True})
+
     async def test_blocks_and_the_end_of_the_file(self):
         await self.open("d")
         for offset, length, data, eof in ((6, 3, b"678", False), (8, 4, b"89", True),
