@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 
+import pybase64
 from twisted.internet import main, reactor, task
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from execserver import memory
 from execserver.session import SHUTDOWN_REAP_SECONDS
 from execserver.spawn import BUSY_PIPE_BYTES, READ_SIZE, Child, ChildSpec
 from tests import support
@@ -198,6 +201,11 @@ class BusyWriterTests(unittest.TestCase):
         self.assertIn(BUSY_PIPE_BYTES, handler.sizes)
         self.assertEqual(sum(len(data) for _, data in handler.output), total)
         self.assertLessEqual(max(len(data) for _, data in handler.output), READ_SIZE)
+
+    def test_a_full_chunk_in_base64_comes_from_the_heap(self):
+        # glibc compares the request plus its 16-byte-aligned chunk header.
+        encoded = pybase64.b64encode(bytes(READ_SIZE))
+        self.assertLess(sys.getsizeof(encoded) + 16, memory.MMAP_THRESHOLD_BYTES)
 
     async def test_a_quiet_writer_keeps_the_default_pipe(self):
         handler, initial = await self.run_child("echo quiet")
