@@ -130,6 +130,53 @@ class LimitTests(unittest.SynchronousTestCase):
         self.assertEqual(len(message.params["dataBase64"]), len(data))
 
 
+_openers = st.sampled_from(["[", "[ ", "[\n", '{"a":', '{ "key" : ', '{"[{":', '{"\\n":', '{"é":',
+                            '{"a" ', "{1:", "[,", "x"])
+
+
+class DeepRunTests(unittest.SynchronousTestCase):
+    """
+    Runs of openers that reach the recursion limit are refused without
+    walking them level by level (L{wirejson._Diagnoser._refuse_deep_run});
+    the walk must find the same first problem.
+    """
+
+    def walked(self, message: bytes) -> str | None:
+        diagnoser = wirejson._Diagnoser(message)
+        diagnoser._refuse_deep_run = lambda: None
+        return diagnoser.diagnose()
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.lists(_openers, min_size=100, max_size=140), st.sampled_from(["1", "", "]", "}", "x"]),
+           st.booleans())
+    def test_the_same_diagnosis_as_the_walk(self, openers, inner, in_params):
+        value = "".join(openers) + inner
+        message = ('{"id":1,"method":"m","params":' + value + "}" if in_params else value).encode()
+        self.assertEqual(wirejson._Diagnoser(message).diagnose(), self.walked(message))
+
+    def test_the_limit_of_values_first(self):
+        self.patch(wirejson, "MAX_VALUES", 60)
+        message = ('{"id":1,"method":"m","params":' + "[" * 200 + "]" * 200 + "}").encode()
+        self.assertEqual(wirejson._Diagnoser(message).diagnose(), self.walked(message))
+        self.assertIn("limit of", wirejson._Diagnoser(message).diagnose())
+
+    def test_a_deep_run_costs_one_pass(self):
+        message = ('{"id":1,"method":"m","params":' + '{"a":' * 200_000 + "1}").encode()
+        matches = []
+        opener = wirejson._OPENER
+
+        class Counted:
+            def match(self, data, index):
+                matches.append(index)
+                return opener.match(data, index)
+
+        self.patch(wirejson, "_OPENER", Counted())
+        self.assertEqual(wirejson._Diagnoser(message).diagnose(),
+                         "recursion limit exceeded at line 1 column 661")
+        self.assertLess(len(matches), 2 * wirejson.RECURSION_LIMIT)
+        self.assertEqual(self.walked(message), "recursion limit exceeded at line 1 column 661")
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
