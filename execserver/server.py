@@ -38,7 +38,7 @@ from execserver.extensions import ACK_FIELD
 from execserver.metrics import Metrics
 from execserver.process import MAX_UNACKNOWLEDGED_BYTES, MAX_UNACKNOWLEDGED_CHUNKS
 from execserver.session import Session, SessionRegistry
-from execserver.turns import Turns
+from execserver.turns import TURN_SECONDS, Turns
 
 log = Logger()
 
@@ -98,6 +98,7 @@ class ExecServer:
         handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
         guardian=None,
         metrics: Metrics | None = None,
+        turn_seconds: float = TURN_SECONDS,
     ) -> None:
         self.reactor = reactor
         #: Timers; the reactor unless a test injects a clock.
@@ -109,7 +110,7 @@ class ExecServer:
         self.handshake_timeout = handshake_timeout
         self.registry = SessionRegistry(reactor, self.clock, guardian)
         #: The connections' turns on the reactor thread.
-        self.turns = Turns(self.clock)
+        self.turns = Turns(self.clock, turn_seconds)
         self._connection_ids = itertools.count(1)
         self.threadpool = threadpool
         #: Counted whether or not anyone scrapes them.

@@ -27,7 +27,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 import execserver
-from execserver import environment, listening, memory, operations, wsauth
+from execserver import environment, listening, memory, operations, turns, wsauth
 from execserver.guardian import Guardian
 from execserver.interfaces import IMessageProtocol
 from execserver.methods import all_methods
@@ -326,12 +326,14 @@ def server_base(config: usage.Options, reactor) -> tuple[
 
 
 def build_core(config: usage.Options, reactor, top: service.MultiService,
-               metrics: Metrics | None = None) -> ExecServer:
+               metrics: Metrics | None = None,
+               turn_seconds: float = turns.TURN_SECONDS) -> ExecServer:
     """
     The server core as the L{CORE_PARAMETERS} of C{config} configure it,
     with its thread pool and guardian, run (and, when stopped, its
     processes killed) by a service added to C{top}; it counts into
-    C{metrics} (its own by default).
+    C{metrics} (its own by default); its connections take turns of
+    C{turn_seconds} (L{execserver.turns}).
     """
     runner.configure(runner.SandboxConfig(
         bwrap=config["bwrap"],
@@ -346,6 +348,7 @@ def build_core(config: usage.Options, reactor, top: service.MultiService,
         handshake_timeout=config["handshake-timeout"],
         guardian=Guardian(reactor),
         metrics=metrics,
+        turn_seconds=turn_seconds,
     )
     ExecServerService(exec_server).setServiceParent(top)
     return exec_server
@@ -366,7 +369,7 @@ def _build(config: Options, reactor) -> service.MultiService:
     except (wsauth.AuthConfigError, listening.ListenError) as e:
         raise StartupError(str(e)) from None
     top, stopper, readiness, metrics = server_base(config, reactor)
-    exec_server = build_core(config, reactor, top, metrics)
+    exec_server = build_core(config, reactor, top, metrics, turns.SOCKETS_TURN_SECONDS)
     websockets = []
     if target.stdio:
         build = counted(exec_server.buildConnection, metrics, "stdio")
