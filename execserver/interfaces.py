@@ -73,10 +73,12 @@ class IMessageProtocol(Interface):
         Attach the transport; called once before any message.
         """
 
-    def messageReceived(data: bytes | str) -> None:
+    def messageReceived(data: bytes | str | memoryview) -> None:
         """
         One whole message arrived: text the transport already decoded, or
-        bytes to be parsed as UTF-8 JSON.
+        bytes to be parsed as UTF-8 JSON. A protocol whose C{takes_views}
+        attribute is true may be handed a memoryview of the transport's
+        read buffer instead, valid only until this call returns.
         """
 
     def connectionLost(reason) -> None:

@@ -497,20 +497,20 @@ class SequencerTests(unittest.TestCase):
         sequencer = Sequencer()
         ready = self.read(sequencer, chunks=[(2, b"late")], next_seq=4, exited=True, exit_code=5,
                           closed=True)
-        self.assertEqual(ready, [(EXITED, 5, False), (OUTPUT, "stdout", b64(b"late")), (CLOSED,)])
+        self.assertEqual(ready, [(EXITED, 5, False), (OUTPUT, "stdout", b"late"), (CLOSED,)])
         self.assertEqual(sequencer.delivered, 3)
 
     def test_an_exit_already_seen_is_not_invented_again(self):
         sequencer = Sequencer()
-        sequencer.accept(1, (OUTPUT, "stdout", b64(b"a")))
+        sequencer.accept(1, (OUTPUT, "stdout", b"a"))
         sequencer.accept(3, (EXITED, 0, False))
         ready = self.read(sequencer, chunks=[(2, b"b")], next_seq=5, exited=True, exit_code=0,
                           closed=True)
-        self.assertEqual(ready, [(OUTPUT, "stdout", b64(b"b")), (EXITED, 0, False), (CLOSED,)])
+        self.assertEqual(ready, [(OUTPUT, "stdout", b"b"), (EXITED, 0, False), (CLOSED,)])
 
     def test_missing_output_fails_with_the_first_missing_number(self):
         sequencer = Sequencer()
-        sequencer.accept(1, (OUTPUT, "stdout", b64(b"a")))
+        sequencer.accept(1, (OUTPUT, "stdout", b"a"))
         with self.assertRaises(OutputLost) as caught:
             self.read(sequencer, chunks=[(4, b"d")], next_seq=6, exited=True, exit_code=0)
         self.assertEqual((caught.exception.first_missing, caught.exception.missing), (2, 2))
@@ -520,7 +520,7 @@ class SequencerTests(unittest.TestCase):
 
     def test_a_read_with_nothing_new_changes_nothing(self):
         sequencer = Sequencer()
-        sequencer.accept(1, (OUTPUT, "stdout", b64(b"a")))
+        sequencer.accept(1, (OUTPUT, "stdout", b"a"))
         self.assertEqual(self.read(sequencer, next_seq=2), [])
         self.assertEqual(sequencer.delivered, 1)
 
@@ -534,13 +534,13 @@ class SequencerTests(unittest.TestCase):
         sequencer.accept(3, (CLOSED,))
         ready = self.read(sequencer, chunks=[(1, b"a")], next_seq=4, exited=True, exit_code=1,
                           closed=True)
-        self.assertEqual(ready, [(OUTPUT, "stdout", b64(b"a")), (EXITED, 1, False), (CLOSED,)])
+        self.assertEqual(ready, [(OUTPUT, "stdout", b"a"), (EXITED, 1, False), (CLOSED,)])
 
     def test_events_newer_than_the_read_stay_buffered(self):
         sequencer = Sequencer()
-        sequencer.accept(5, (OUTPUT, "stdout", b64(b"e")))
+        sequencer.accept(5, (OUTPUT, "stdout", b"e"))
         ready = self.read(sequencer, chunks=[(1, b"a"), (2, b"b")], next_seq=3)
-        self.assertEqual([event[2] for event in ready], [b64(b"a"), b64(b"b")])
+        self.assertEqual([event[2] for event in ready], [b"a", b"b"])
         self.assertTrue(sequencer.gap)
 
 

@@ -11,7 +11,7 @@ import json
 import pybase64
 from twisted.trial import unittest
 
-from execserver.client.rpc import _output_params
+from execserver.client.rpc import RpcConnection, _output_params
 
 USUAL = (b'{"method":"process/output","params":{"processId":"p-\xc3\xa9","seq":12,'
          b'"stream":"stderr","chunk":"aGVsbG8="}}')
@@ -26,14 +26,19 @@ def parsed(data: bytes) -> dict:
 class OutputShapeTests(unittest.TestCase):
     def test_the_usual_shape_reads_as_the_full_parse_does(self):
         params = _output_params(USUAL)
-        params["chunk"] = pybase64.b64decode(params["chunk"])
         self.assertEqual(params, parsed(USUAL))
         self.assertEqual(params["chunk"], b"hello")
+
+    def test_a_view_of_a_message_reads_as_the_message(self):
+        """The in-place reader hands messages over as views of its buffer."""
+        buffer = bytearray(b"xx" + USUAL + b"yy")
+        self.assertEqual(_output_params(memoryview(buffer)[2:-2]), parsed(USUAL))
 
     def test_other_shapes_take_the_full_parse(self):
         others = [
             USUAL.replace(b'"p-\xc3\xa9"', b'"p-\\u00e9"'),  # an escape in the id
             USUAL.replace(b"aGVsbG8=", b"aGVs\\/bG8="),  # an escape in the chunk
+            USUAL.replace(b"aGVsbG8=", b"aGVs bG8="),  # base64 strict decoding refuses
             USUAL.replace(b'"seq":12', b'"seq": 12'),  # whitespace
             USUAL.replace(b'"seq":12', b'"seq":012'),  # not JSON
             USUAL.replace(b'"}}', b'","extra":1}}'),  # another field
@@ -43,3 +48,26 @@ class OutputShapeTests(unittest.TestCase):
         ]
         for message in others:
             self.assertIsNone(_output_params(message), message)
+
+
+class DecodedChunkTests(unittest.TestCase):
+    """
+    Whichever way a process/output notification is read, its chunk is
+    handed on decoded.
+    """
+
+    def received(self, message: bytes) -> dict:
+        notifications = []
+        connection = RpcConnection(lambda link, method, params: notifications.append(params),
+                                   lambda link, reason: None)
+        connection.messageReceived(message)
+        [params] = notifications
+        return params
+
+    def test_the_usual_shape(self):
+        self.assertEqual(self.received(USUAL)["chunk"], b"hello")
+
+    def test_another_shape(self):
+        message = USUAL.replace(b"aGVsbG8=", b"aGVs bG8=").replace(b'"seq":12', b'"seq": 12')
+        self.assertIsNone(_output_params(message))
+        self.assertEqual(self.received(message)["chunk"], b"hello")

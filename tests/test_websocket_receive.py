@@ -14,10 +14,12 @@ import base64
 import hashlib
 import os
 import random
+import socket
 import struct
 
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from zope.interface import implementer
 
@@ -314,6 +316,135 @@ class ReceiveTests(_ReadingTests, unittest.TestCase):
         await support.with_timeout(recorder.lost)
         self.assertEqual(recorder.messages, [b"one"])
         self.assertTrue(recorder.reason.check(PeerGoingAway))
+
+
+class ViewRecorder(Recorder):
+    """
+    Takes messages as views of the transport's buffer, and copies them
+    before the call returns (as it must).
+    """
+
+    takes_views = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: set[type] = set()
+
+    def messageReceived(self, data) -> None:
+        self.kinds.add(type(data))
+        super().messageReceived(bytes(data))
+
+
+class InPlaceReceiveTests(unittest.TestCase):
+    """
+    A client over TCP reads its socket into one reused buffer and hands
+    over views of it, to a message protocol that takes them.
+    """
+
+    async def connected(self, recorder: Recorder) -> HandServer:
+        opened = Deferred()
+        factory = protocol.Factory()
+        factory.buildProtocol = lambda addr: HandServer(opened)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        transport = await support.with_timeout(websocket.connect(
+            reactor, f"ws://127.0.0.1:{port.getHost().port}/", recorder))
+        server = await support.with_timeout(opened)
+        self.addCleanup(server.transport.loseConnection)
+        self.addCleanup(transport.abortConnection)
+        self.assertIsNotNone(recorder.transport.protocol._in_place)
+        return server
+
+    async def test_views_of_every_size_including_one_over_the_buffer(self):
+        recorder = ViewRecorder()
+        server = await self.connected(recorder)
+        over = framecutter.ReadBuffer.SIZE + 12345
+        payloads = [b"a", os.urandom(130_000), b"b" * 70_000, os.urandom(over), b"after"]
+        server.transport.write(b"".join(frame(payload, 0x2) for payload in payloads))
+        await support.with_timeout(recorder.until(len(payloads)))
+        self.assertEqual(recorder.messages, payloads)
+        self.assertEqual(recorder.kinds, {memoryview})
+        # The mapping grown for the large message is let go once it is read
+        # (after the delivery of the last message returns).
+        await deferLater(reactor, 0, lambda: None)
+        self.assertEqual(len(recorder.transport.protocol._in_place.data), framecutter.ReadBuffer.SIZE)
+
+    async def test_a_protocol_that_takes_no_views_gets_bytes(self):
+        recorder = Recorder()
+        server = await self.connected(recorder)
+        server.transport.write(frame(b"one") + frame(b"two" * 50_000))
+        await support.with_timeout(recorder.until(2))
+        self.assertEqual(recorder.messages, [b"one", b"two" * 50_000])
+        self.assertEqual({type(message) for message in recorder.messages}, {bytes})
+
+
+class ReadBufferTests(unittest.TestCase):
+    """
+    The window of bytes read but not consumed, over a real socket pair.
+    """
+
+    def setUp(self):
+        self.writer, self.reader = socket.socketpair()
+        self.addCleanup(self.writer.close)
+        self.addCleanup(self.reader.close)
+        self.buffer = framecutter.ReadBuffer()
+
+    def window(self) -> bytes:
+        return bytes(self.buffer.view[self.buffer.start:self.buffer.end])
+
+    def test_nothing_to_read(self):
+        self.assertRaises(BlockingIOError, self.buffer.receive, self.reader)
+
+    def test_end_of_stream(self):
+        self.writer.close()
+        self.assertEqual(self.buffer.receive(self.reader), 0)
+
+    def test_reads_go_after_what_is_kept(self):
+        self.writer.sendall(b"abcdef")
+        self.assertEqual(self.buffer.receive(self.reader), 6)
+        self.buffer.consumed(4)
+        self.writer.sendall(b"gh")
+        self.buffer.receive(self.reader)
+        self.assertEqual(self.window(), b"efgh")
+        self.assertEqual(self.buffer.start, 4)
+        self.buffer.consumed(self.buffer.end)
+        self.assertEqual((self.buffer.start, self.buffer.end), (0, 0))
+
+    def test_the_window_moves_back_when_room_runs_short(self):
+        size, floor = framecutter.ReadBuffer.SIZE, framecutter.ReadBuffer.FLOOR
+        self.buffer.start = size - floor - 10
+        self.buffer.end = size - floor + 5
+        self.buffer.view[self.buffer.start:self.buffer.end] = b"k" * 15
+        self.writer.sendall(b"new")
+        self.buffer.receive(self.reader)
+        self.assertEqual((self.buffer.start, self.window()), (0, b"k" * 15 + b"new"))
+
+    def test_a_wanted_message_larger_than_the_mapping_grows_it(self):
+        self.writer.sendall(b"head")
+        self.buffer.receive(self.reader)
+        wanted = 2 * framecutter.ReadBuffer.SIZE
+        self.writer.sendall(b"tail")
+        self.buffer.receive(self.reader, wanted)
+        self.assertGreaterEqual(len(self.buffer.data), wanted + framecutter.ReadBuffer.FLOOR)
+        self.assertEqual(self.window(), b"headtail")
+        self.buffer.consumed(self.buffer.end)
+        self.assertEqual(len(self.buffer.data), framecutter.ReadBuffer.SIZE)
+
+    def test_a_grown_mapping_may_be_kept(self):
+        self.buffer = framecutter.ReadBuffer(keep_grown=True)
+        self.writer.sendall(b"x")
+        self.buffer.receive(self.reader, 2 * framecutter.ReadBuffer.SIZE)
+        grown = len(self.buffer.data)
+        self.buffer.consumed(self.buffer.end)
+        self.assertEqual(len(self.buffer.data), grown)
+        self.assertGreater(grown, framecutter.ReadBuffer.SIZE)
+
+    def test_one_read_takes_at_most_the_limit(self):
+        self.buffer = framecutter.ReadBuffer(read_limit=1000)
+        self.writer.sendall(b"x" * 5000)
+        self.assertEqual(self.buffer.receive(self.reader), 1000)
+        self.assertEqual(self.buffer.receive(self.reader), 1000)
+        self.assertEqual(self.window(), b"x" * 2000)
 
 
 class ServerReceiveTests(_ReadingTests, unittest.TestCase):

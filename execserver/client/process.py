@@ -179,8 +179,7 @@ class Sequencer:
     One process's events in sequence order, each let through once (the gap
     rule is in the module docstring).
 
-    Events are tuples: C{(OUTPUT, stream, base64_chunk)} (a str, or bytes or
-    a memoryview of them),
+    Events are tuples: C{(OUTPUT, stream, data)} (the decoded bytes),
     C{(EXITED, exit_code, sandbox_denied)}, C{(CLOSED,)}.
 
     @ivar delivered: every event up to this number has been let through.
@@ -245,7 +244,7 @@ class Sequencer:
         for chunk in result["chunks"]:
             seq = chunk["seq"]
             if seq >= first and seq not in pending:
-                pending[seq] = (OUTPUT, chunk["stream"], chunk["chunk"])
+                pending[seq] = (OUTPUT, chunk["stream"], decode_base64(chunk["chunk"]))
         known = sum(1 for seq in pending if first <= seq < next_seq)
         unseen = max(0, next_seq - first) - known
         missing_exit = bool(result["exited"]) and not self.exit_seen
@@ -440,7 +439,7 @@ class ProcessHandle:
         self._unacked_events += len(events)
         for event in events:
             if event[0] is OUTPUT:
-                self._unacked_bytes += len(event[2]) * 3 // 4
+                self._unacked_bytes += len(event[2])
         if self._unacked_bytes >= every[0] or self._unacked_events >= every[1]:
             self._unacked_bytes = self._unacked_events = 0
             self._client._acknowledge(self.process_id, self._sequencer.delivered)
@@ -479,7 +478,7 @@ class ProcessHandle:
         receiver = self.receiver
         try:
             if kind is OUTPUT:
-                receiver.outputReceived(event[1], decode_base64(event[2]))
+                receiver.outputReceived(event[1], event[2])
             elif kind is EXITED:
                 self.exit_code = event[1]
                 self.sandbox_denied = event[2]

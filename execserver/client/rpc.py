@@ -8,21 +8,25 @@ L{ConnectionDropped}, so the owner can decide what each call becomes.
 
 Messages from the server are trusted to be well-formed JSON (the standard
 library's C parser); the server-side limits and serde error texts of
-L{execserver.rpc.parse} are not needed to read them.
+L{execserver.rpc.parse} are not needed to read them. The chunk of a
+process/output notification is handed on decoded, as bytes.
 """
 
 from __future__ import annotations
 
+import binascii
 import json
 import re
 from typing import Any, Callable
 
+import pybase64
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from execserver import rpc
+from execserver.client.encoding import decode_base64
 from execserver.client.errors import ConnectionDropped, RemoteError, describe
 from execserver.interfaces import IMessageProtocol, IMessageTransport, PeerGoingAway
 
@@ -43,6 +47,10 @@ class RpcConnection:
     @ivar going_away: the server closed the connection because it is
         shutting down.
     """
+
+    #: Messages may come as views of the transport's buffer: each is read
+    #: (or copied) before messageReceived returns.
+    takes_views = True
 
     def __init__(self, on_notification: NotificationHandler, on_lost: LostHandler) -> None:
         self._on_notification = on_notification
@@ -67,20 +75,26 @@ class RpcConnection:
         if self._reading_paused:
             self._set_reading(False)
 
-    def messageReceived(self, data: bytes) -> None:
+    def messageReceived(self, data: bytes | str | memoryview) -> None:
         if self.lost:
             return
         output = _output_params(data)
         if output is not None:
             self._on_notification(self, "process/output", output)
             return
+        if isinstance(data, memoryview):
+            data = bytes(data)
         try:
             message = rpc.classify(json.loads(data))
         except (ValueError, rpc.MalformedMessage) as e:
             log.warn("ignoring a malformed message from the server: {error}", error=str(e))
             return
         if isinstance(message, rpc.Notification):
-            self._on_notification(self, message.method, message.params)
+            params = message.params
+            if (message.method == "process/output" and isinstance(params, dict)
+                    and isinstance(params.get("chunk"), str)):
+                params["chunk"] = decode_base64(params["chunk"])
+            self._on_notification(self, message.method, params)
         elif isinstance(message, rpc.Response):
             entry = self._pending.pop(message.id, None)
             if entry is not None:
@@ -175,24 +189,25 @@ _OUTPUT_HEAD = re.compile(
 _OUTPUT_TAIL = b'"}}'
 
 
-def _output_params(data: bytes) -> dict[str, Any] | None:
+def _output_params(data: bytes | str | memoryview) -> dict[str, Any] | None:
     """
     The params of a process/output notification of the usual shape, its
-    chunk still base64 (a view of C{data}); None for any other message.
+    chunk decoded; None for any other message.
     """
-    if not isinstance(data, bytes):
+    if isinstance(data, str):
         # The stdio transport hands over text.
         return None
     match = _OUTPUT_HEAD.match(data)
-    if match is None or not data.endswith(_OUTPUT_TAIL):
-        return None
-    start, end = match.end(), len(data) - len(_OUTPUT_TAIL)
-    # A quote would end the string early; an escape would need decoding.
-    if data.find(b'"', start, end) >= 0 or data.find(b"\\", start, end) >= 0:
+    if match is None or data[-len(_OUTPUT_TAIL):] != _OUTPUT_TAIL:
         return None
     try:
         process_id = match.group(1).decode()
-    except UnicodeDecodeError:
+        # Strict base64 has neither the quote that would end the string
+        # early nor the backslash of an escape: a chunk it refuses takes
+        # the full parse.
+        chunk = pybase64.b64decode(memoryview(data)[match.end():-len(_OUTPUT_TAIL)],
+                                   validate=True)
+    except (UnicodeDecodeError, binascii.Error):
         return None
     return {"processId": process_id, "seq": int(match.group(2)),
-            "stream": match.group(3).decode(), "chunk": memoryview(data)[start:end]}
+            "stream": match.group(3).decode(), "chunk": chunk}

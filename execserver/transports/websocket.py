@@ -436,12 +436,15 @@ class _ClientProtocol(FrameCutter, WebSocketClientProtocol):
     def onOpen(self) -> None:
         self.start_cutting()
         self.message_protocol = self.factory.message_protocol
+        self._views = self.read_in_place() and getattr(self.message_protocol, "takes_views", False)
         transport = MessageTransport(self)
         self.message_protocol.makeConnection(transport)
         opened, self.factory.opened = self.factory.opened, None
         opened.callback(transport)
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+    def onMessage(self, payload: bytes | memoryview, isBinary: bool) -> None:
+        if isinstance(payload, memoryview) and not self._views:
+            payload = bytes(payload)
         self.message_protocol.messageReceived(payload)
 
     def onClose(self, wasClean: bool, code, reason) -> None:
