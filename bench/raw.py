@@ -5,10 +5,10 @@ benchmark shows is the server's limit, not the client's.
 
 It speaks RFC 6455 directly on a socket of its own (no autobahn, no
 Twisted transport). Everything is received into one buffer that is reused
-(an anonymous mapping: pages are touched only when data lands in them, and
-the same pages take the next message): taking a 16 MiB reply as fresh
-memory cost about as much as the server's whole work, at a page fault per
-4 KiB. Frames are cut out in place; a C{process/output} notification is
+(the L{ReadBuffer} of our client's in-place reads, an anonymous mapping:
+pages are touched only when data lands in them, and the same pages take
+the next message): taking a 16 MiB reply as fresh memory cost about as
+much as the server's whole work, at a page fault per 4 KiB. Frames are cut out in place; a C{process/output} notification is
 recognised by its first bytes and its chunk decoded with pybase64 where it
 lies, without parsing the JSON around it; other messages are copied out
 only for a caller that wants them. Requests go out as masked text frames
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import mmap
 import os
 import socket
 import struct
@@ -31,13 +30,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from execserver import rpc
-
-#: The receive buffer's size at first, and what one read may take.
-READ_BYTES = 4 * 1024 * 1024
-
-#: The buffer is laid out again (the partial frame moved to its start, or
-#: a larger buffer taken) when less room than this is left.
-READ_FLOOR = 256 * 1024
+from execserver.transports.framecutter import ReadBuffer
 
 #: Base64 characters decoded at a time (a multiple of 4): the decoded
 #: pieces are small enough to come from the heap and be reused.
@@ -102,10 +95,9 @@ class RawClient:
         self.on_output = lambda nbytes: None
         self.on_notification = lambda method, message: None
         self._socket: socket.socket | None = None
-        self._buffer = mmap.mmap(-1, READ_BYTES)
-        self._view = memoryview(self._buffer)
-        self._start = 0
-        self._end = 0
+        # Every read there may take all the room, and a mapping grown for
+        # a large reply is kept for the next.
+        self._read = ReadBuffer(read_limit=None, keep_grown=True)
         self._wanted = 0
         self._handshaking = True
         self._fragments: list[bytes] = []
@@ -135,17 +127,14 @@ class RawClient:
         return "RawClient"
 
     def doRead(self):
-        if len(self._buffer) - self._end < READ_FLOOR or self._start + self._wanted > len(self._buffer):
-            self._make_room()
         try:
-            received = self._socket.recv_into(self._view[self._end:], 0, socket.MSG_DONTWAIT)
+            received = self._read.receive(self._socket, self._wanted)
         except BlockingIOError:
             return None
         except OSError as e:
             return error.ConnectionLost(str(e))
         if not received:
             return error.ConnectionDone()
-        self._end += received
         if self._handshaking and not self._handshake():
             return None
         self._cut_frames()
@@ -163,34 +152,24 @@ class RawClient:
             self.opened.errback(reason)
         self.closed.callback(None)
 
-    def _make_room(self) -> None:
-        kept = self._end - self._start
-        needed = max(self._wanted, kept) + READ_FLOOR
-        if needed > len(self._buffer):
-            bigger = mmap.mmap(-1, max(needed, 2 * len(self._buffer)))
-            bigger[:kept] = self._view[self._start:self._end]
-            self._buffer, self._view = bigger, memoryview(bigger)
-        elif self._start:
-            self._buffer.move(0, self._start, kept)
-        self._start, self._end = 0, kept
-
     def _handshake(self) -> bool:
-        end = self._buffer.find(b"\r\n\r\n", 0, self._end)
+        read = self._read
+        end = read.data.find(b"\r\n\r\n", 0, read.end)
         if end < 0:
             return False
-        if self._buffer[:12] != b"HTTP/1.1 101":
-            status = bytes(self._view[:end]).decode(errors="replace")
+        if read.data[:12] != b"HTTP/1.1 101":
+            status = bytes(read.view[:end]).decode(errors="replace")
             reactor.removeReader(self)
             self.connectionLost(Failure(ConnectionError(status)))
             return False
-        self._start = end + 4
+        read.consumed(end + 4)
         self._handshaking = False
         self.opened.callback(self)
         return True
 
     def _cut_frames(self) -> None:
-        data = self._buffer
-        position, available = self._start, self._end
+        data = self._read.data
+        position, available = self._read.start, self._read.end
         self._wanted = 0
         while available - position >= 2:
             first, second = data[position], data[position + 1]
@@ -212,26 +191,24 @@ class RawClient:
             if self._socket is None:
                 return
             position = end
-        if position == available:
-            position = available = 0
-        self._start, self._end = position, available
+        self._read.consumed(position)
 
     def _frame_received(self, first: int, start: int, end: int) -> None:
         opcode = first & 0x0F
         if opcode == 0x9:
-            self._send(_frame(bytes(self._view[start:end]), 0xA))
+            self._send(_frame(bytes(self._read.view[start:end]), 0xA))
         elif opcode == 0x8:
             self.close()
         elif opcode == 0xA:
             pass
         elif not first & 0x80 or self._fragments:
-            self._fragments.append(bytes(self._view[start:end]))
+            self._fragments.append(bytes(self._read.view[start:end]))
             if first & 0x80:
                 message = b"".join(self._fragments)
                 self._fragments = []
                 self._message_received(message, memoryview(message), 0, len(message))
         else:
-            self._message_received(self._buffer, self._view, start, end)
+            self._message_received(self._read.data, self._read.view, start, end)
 
     def _message_received(self, data, view: memoryview, start: int, end: int) -> None:
         if data[start:start + len(_NOTIFICATION_PREFIX)] == _NOTIFICATION_PREFIX:
