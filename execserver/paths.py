@@ -57,6 +57,14 @@ _LITERAL_SEGMENT = re.compile(rb"[A-Za-z0-9!$&'()*+,;=:@\[\]^|~._-]+")
 _LITERAL_SEGMENTS = re.compile(rb"[A-Za-z0-9!$&'()*+,;=:@\[\]^|~._/-]*")
 
 _DRIVE = re.compile(r"/([A-Za-z])(:|%3[aA])(/|$)")
+
+#: A URI that is its own canonical spelling, as nearly every one a client
+#: sends is: C{file:///}, then segments of plain characters, none empty
+#: (but after a final slash), none a dot segment, no drive letter (no colon
+#: or bar at all), nothing encoded. Parsing it step by step (about 17 us
+#: for a path of 40 characters) would give it back unchanged.
+_CANONICAL_PLAIN = re.compile(
+    r"file:///(?:(?!\.\.?(?:/|\Z))[A-Za-z0-9_.~+,=@-]+/)*(?:(?!\.\.?\Z)[A-Za-z0-9_.~+,=@-]+)?")
 _FALLBACK_PAYLOAD = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -91,6 +99,13 @@ def parse_uri(text: str) -> str:
         C{invalid URI: relative URL without a base} or
         C{unsupported path URI scheme `http`}.
     """
+    if _CANONICAL_PLAIN.fullmatch(text):
+        return text
+    return _parse_uri_in_full(text)
+
+
+def _parse_uri_in_full(text: str) -> str:
+    """L{parse_uri} step by step, for any text."""
     text = text.strip(_C0_AND_SPACE)
     try:
         scheme, position = _scheme(text)

@@ -202,3 +202,25 @@ class RoundTripTests(unittest.TestCase):
         except DecodeError:
             return
         self.assertEqual(paths.parse_uri(uri), uri)
+
+
+class CanonicalShortcutTests(unittest.TestCase):
+    """
+    A URI already in its canonical spelling is given back without the step
+    by step parse: only where that parse would give it back too.
+    """
+
+    @given(st.one_of(st.text(alphabet="/.aZ09_~+,=@-", max_size=24),
+                     st.text(alphabet="/.%:|\\?#\t aZ09_~-", max_size=24)).map(
+        lambda path: "file:///" + path))
+    def test_what_the_shortcut_takes_the_full_parse_leaves_alone(self, text):
+        if paths._CANONICAL_PLAIN.fullmatch(text):
+            self.assertEqual(paths._parse_uri_in_full(text), text)
+
+    def test_the_shortcut_takes_the_usual_uris(self):
+        for text in ("file:///", "file:///tmp/a", "file:///tmp/a/", "file:///work/x-1/v2.3_b~c/",
+                     "file:///.../.a/b."):
+            self.assertTrue(paths._CANONICAL_PLAIN.fullmatch(text), text)
+        for text in ("file:///tmp/./a", "file:///a/..", "file:////a", "file:///a//b",
+                     "FILE:///a", "file:///C:/x", "file:///a%20b", " file:///a"):
+            self.assertFalse(paths._CANONICAL_PLAIN.fullmatch(text), text)
