@@ -177,6 +177,144 @@ class DeepRunTests(unittest.SynchronousTestCase):
         self.assertEqual(self.walked(message), "recursion limit exceeded at line 1 column 661")
 
 
+_elements = st.sampled_from(["1", "-0.5e3", "0", "01", "1.", "2E+9", "true", "nul", "null", "false",
+                              '"a"', '""', '"a,b"', '"\\n"', '"é"', "[]", "{}", '{"k":[1,2]}', "", "x"])
+_separators = st.sampled_from([",", " , ", ",\n", ",,", " "])
+
+
+class ScalarRunTests(unittest.SynchronousTestCase):
+    """
+    Runs of plain list elements are stepped over by a regular expression
+    (L{wirejson._Diagnoser._skip_scalar_run}); the walk element by element
+    must find the same first problem, the limit of values included.
+    """
+
+    def walked(self, message: bytes) -> str | None:
+        diagnoser = wirejson._Diagnoser(message)
+        diagnoser._skip_scalar_run = lambda byte: byte
+        return diagnoser.diagnose()
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.lists(st.tuples(_elements, _separators), max_size=80), st.sampled_from(["]", "", "]]", "}"]),
+           st.booleans(), st.sampled_from([40, 1040, 5000]))
+    def test_the_same_diagnosis_as_the_walk(self, items, end, in_params, limit):
+        self.patch(wirejson, "MAX_VALUES", limit)
+        value = "[" + "".join(element + separator for element, separator in items) + end
+        message = ('{"id":1,"method":"m","params":' + value + "}" if in_params else value).encode()
+        self.assertEqual(wirejson._Diagnoser(message).diagnose(), self.walked(message))
+
+    def test_the_limit_after_runs(self):
+        self.patch(wirejson, "MAX_VALUES", 2500)
+        for elements in ("1,", '"x", ', "true ,", "[1],"):
+            message = ("[" + elements * 3000 + "1]").encode()
+            self.assertEqual(wirejson._Diagnoser(message).diagnose(), self.walked(message))
+            self.assertIn("limit of 2500", self.walked(message))
+
+
+_keys = st.sampled_from(['"a"', '"b"', '"c"', '"a,"', '"\\u0061"', '""', "1", '"é"'])
+
+
+class MemberRunTests(unittest.SynchronousTestCase):
+    """
+    The same for runs of object members (L{wirejson._Diagnoser._skip_member_run}),
+    duplicate keys included.
+    """
+
+    def walked(self, message: bytes) -> str | None:
+        diagnoser = wirejson._Diagnoser(message)
+        diagnoser._skip_member_run = lambda keys: diagnoser._peek()
+        return diagnoser.diagnose()
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.lists(st.tuples(_keys, st.sampled_from([":", " : ", ""]), _elements, _separators),
+                    max_size=40),
+           st.sampled_from(["}", "", "}}", "]"]), st.sampled_from([10, 1040, 5000]))
+    def test_the_same_diagnosis_as_the_walk(self, members, end, limit):
+        self.patch(wirejson, "MAX_VALUES", limit)
+        value = "{" + "".join("".join(member) for member in members) + end
+        message = ('{"id":1,"method":"m","params":[1,' + value + "]}").encode()
+        self.assertEqual(wirejson._Diagnoser(message).diagnose(), self.walked(message))
+
+    def test_the_limit_or_a_repeated_key_after_runs(self):
+        self.patch(wirejson, "MAX_VALUES", 2500)
+        for count, repeated in ((3000, None), (2000, 1500), (2000, 5)):
+            members = [f'"k{i}":0' for i in range(count)]
+            if repeated is not None:
+                members.insert(1800, f'"k{repeated}":1')
+            message = ('{"id":1,"method":"m","params":[{' + ",".join(members) + "}]}").encode()
+            self.assertEqual(wirejson._Diagnoser(message).diagnose(), self.walked(message))
+            self.assertIsNotNone(self.walked(message))
+
+    def test_the_limit_in_a_large_object(self):
+        members = ",".join(f'"k{i}":0' for i in range(300_000))
+        message = '{"id":1,"method":"x","params":{' + members + "}}"
+        self.assertEqual(detail(message), self.walked(message.encode()))
+        self.assertIn("exceeds the limit of 262144 JSON values", detail(message))
+
+
+class SkipWindowTests(unittest.SynchronousTestCase):
+    """
+    The C parser vouches for a container only within a window of the text
+    (L{wirejson._SKIP_WINDOWS}); the diagnosis does not depend on the
+    windows' sizes.
+    """
+
+    def test_every_recorded_detail_with_tiny_windows(self):
+        self.patch(wirejson, "_SKIP_WINDOWS", (8, 32))
+        for case in CASES:
+            if "detail" in case:
+                self.assertEqual(detail(case["input"]), case["detail"], repr(case["input"]))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(_elements, _separators), max_size=30), st.sampled_from(["]", "", "x"]))
+    def test_tiny_windows_find_what_large_ones_do(self, items, end):
+        inner = "[" + ",".join(element for element, _ in items) + "]"
+        message = ('{"id":1,"method":"m","params":[' + inner + ',{"a":' + inner + "}" + end
+                   + "}").encode()
+        expected = wirejson._Diagnoser(message).diagnose()
+        self.patch(wirejson, "_SKIP_WINDOWS", (8, 32))
+        self.assertEqual(wirejson._Diagnoser(message).diagnose(), expected)
+
+
+class ManyValuesTests(unittest.SynchronousTestCase):
+    """
+    A long message with the commas of many values is walked for the limits
+    before the C parser builds it: the C parser never reads more than the
+    largest window at a time, and the answer is the same.
+    """
+
+    def message(self, count: int) -> bytes:
+        return b'{"id":1,"method":"m","params":[' + b"1," * count + b"1]}"
+
+    def test_a_long_list_is_refused_without_being_built(self):
+        read = []
+        decode = wirejson._raw_decode
+
+        def recorded(text, start):
+            read.append(len(text) - start)
+            return decode(text, start)
+
+        self.patch(wirejson, "_raw_decode", recorded)
+        data = self.message(600_000)
+        with self.assertRaises(wirejson.NeedsDiagnosis):
+            wirejson.parse_document(data, diagnose_now=False)
+        self.assertEqual(read, [])
+        self.assertEqual(
+            detail(data),
+            "JSON-RPC message exceeds the limit of 262144 JSON values at line 1 column 524311")
+        self.assertLessEqual(max(read), max(wirejson._SKIP_WINDOWS))
+
+    def test_a_long_list_within_the_limit_parses(self):
+        data = self.message(200_000) + b" " * 200_000
+        self.assertTrue(wirejson._may_break_the_value_limit(data))
+        self.assertEqual(rpc.parse(data).params, json.loads(data)["params"])
+
+    def test_a_long_string_is_not_walked_first(self):
+        data = json.dumps({"id": 1, "method": "m", "params": {"d": "A," * 100 + "A" * (1 << 20)}})
+        self.assertFalse(wirejson._may_break_the_value_limit(data.encode()))
+        self.assertFalse(wirejson._may_break_the_value_limit(data))
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
