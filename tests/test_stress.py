@@ -14,6 +14,8 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
+from tests.stress import largebad
+
 ROOT = Path(__file__).resolve().parent.parent
 #: A bound on a hang of one program, not a timing figure.
 PROGRAM_TIMEOUT_SECONDS = 300
@@ -87,6 +89,21 @@ class FuzzTests(unittest.TestCase):
                 (True, [], 0, 0, False, True), name)
             self.assertGreater(result["victim"]["requests"], 0, name)
         self.assertTrue(figures["ok"])
+
+
+class LargeBadTests(unittest.TestCase):
+    def test_large_malformed_messages_get_the_reference_answers(self):
+        figures = run_program("largebad", "--mib", "2")
+        for kind in ("ours", "reference"):
+            self.assertEqual((figures[kind]["alive"], figures[kind]["log_problems"]),
+                             (True, []), kind)
+        for name, shape in figures["ours"]["shapes"].items():
+            reference = figures["reference"]["shapes"][name]
+            self.assertEqual(largebad._detail(shape["answer"]),
+                             largebad._detail(reference["answer"]), name)
+            self.assertIsNotNone(shape["answer"], name)
+            self.assertEqual((shape["victim"]["wrong"], shape["victim"]["lost"]), (0, False),
+                             name)
 
 
 class ScratchBoundTests(unittest.TestCase):

@@ -20,7 +20,6 @@ Relay: see L{tests.stress.relayfuzz}.
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import random
 
@@ -133,13 +132,7 @@ def _initializes(seed: int):
 
 async def _victim(url: str, scratch: str) -> tuple[Victim, common.Client, str]:
     client = await common.connect(url)
-    path = "file://" + os.path.join(scratch, "victim", "file")
-    await client.call("fs/createDirectory", {"path": "file://" + os.path.join(scratch, "victim"),
-                                             "recursive": True})
-    written = await client.call("fs/writeFile", {
-        "path": path, "dataBase64": base64.b64encode(victims.CONTENT).decode()})
-    if "result" not in written:
-        raise RuntimeError(f"victim file not written: {written}")
+    path = await victims.prepare(client, scratch)
     return Victim(victims.asker(client, path)), client, path
 
 

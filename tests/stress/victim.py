@@ -10,8 +10,8 @@ own.
 
     python -m tests.stress.victim URL PATH
 
-asks until its stdin is closed, then prints its latencies and wrong
-answers as one JSON object.
+prints a line once it is connected and asking, asks until its stdin is
+closed, then prints its latencies and wrong answers as one JSON object.
 """
 
 from __future__ import annotations
@@ -28,6 +28,23 @@ from tests.stress import common
 from tests.stress.fuzzing import Victim, timeout
 
 CONTENT = bytes(range(256)) * 16
+#: The line the victim prints once it is connected and about to ask.
+ASKING = "asking"
+
+
+async def prepare(client: common.Client, scratch: str) -> str:
+    """
+    Write the victim's file under C{scratch} (with our client's
+    connection); its URI.
+    """
+    path = "file://" + os.path.join(scratch, "victim", "file")
+    await client.call("fs/createDirectory", {"path": "file://" + os.path.join(scratch, "victim"),
+                                             "recursive": True})
+    written = await client.call("fs/writeFile", {
+        "path": path, "dataBase64": base64.b64encode(CONTENT).decode()})
+    if "result" not in written:
+        raise RuntimeError(f"victim file not written: {written}")
+    return path
 
 
 def asker(client: common.Client, path: str):
@@ -57,6 +74,8 @@ async def _main(url: str, path: str) -> None:
     client = await common.connect(url)
     victim = Victim(asker(client, path))
     stdio.StandardIO(_StopOnEOF(victim))
+    sys.stdout.write(ASKING + "\n")
+    sys.stdout.flush()
     await victim.run()
     await client.close()
     sys.stdout.write(json.dumps({"latencies": victim.latencies, "wrong": victim.wrong,
@@ -72,6 +91,8 @@ class Remote(ProcessProtocol):
     def __init__(self) -> None:
         self.output = b""
         self.ended = defer.Deferred()
+        #: Fires once the victim is connected and asking.
+        self.asking = defer.Deferred()
 
     @classmethod
     def start(cls, url: str, path: str) -> "Remote":
@@ -83,6 +104,8 @@ class Remote(ProcessProtocol):
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
+        if not self.asking.called and ASKING.encode() + b"\n" in self.output:
+            self.asking.callback(None)
 
     def processEnded(self, reason) -> None:
         self.ended.callback(None)
@@ -93,7 +116,7 @@ class Remote(ProcessProtocol):
         """
         self.transport.closeStdin()
         await timeout(self.ended)
-        figures = json.loads(self.output)
+        figures = json.loads(self.output.splitlines()[-1])
         return Victim(None, latencies=figures["latencies"], wrong=figures["wrong"],
                       lost=figures["lost"])
 
