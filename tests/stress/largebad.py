@@ -7,9 +7,9 @@ Issue 11 found `[` + 60 MiB of digits + `x` freezing every session for
 with millions of values, refused for the limit of 262 144 values only
 once they have been read. For each shape, on each server: a victim on its
 own connection (in its own process) reads a small file over and over
-while one message of that shape is sent on another connection; the
-figures are the time until that message's answer (or the connection's
-end) and the victim's slowest answer while it was pending.
+while one message of that shape is made, sent on another connection and
+answered; the figures are the time from the send to that message's
+answer (or the connection's end) and the victim's slowest answer.
 
     python -m tests.stress.largebad [--mib N] [--no-reference]
 """
@@ -105,8 +105,8 @@ async def main(args) -> common.Report:
         command += " --no-reference"
     report = common.Report(
         f"One large malformed message ({args.mib} MiB) beside a victim session", command,
-        ("shape", "server", "answer after (s)", "victim requests meanwhile",
-         "victim slowest (ms)", "victim wrong", "answer"))
+        ("shape", "server", "answer after (s)", "victim requests", "victim slowest (ms)",
+         "victim wrong", "answer"))
     kinds = ["ours"] + (["reference"] if args.reference else [])
     for kind in kinds:
         result = await side(kind, args.mib * MIB)
