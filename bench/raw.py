@@ -8,10 +8,11 @@ Twisted transport). Everything is received into one buffer that is reused
 (the L{ReadBuffer} of our client's in-place reads, an anonymous mapping:
 pages are touched only when data lands in them, and the same pages take
 the next message): taking a 16 MiB reply as fresh memory cost about as
-much as the server's whole work, at a page fault per 4 KiB. Frames are cut out in place; a C{process/output} notification is
-recognised by its first bytes and its chunk decoded with pybase64 where it
-lies, without parsing the JSON around it; other messages are copied out
-only for a caller that wants them. Requests go out as masked text frames
+much as the server's whole work, at a page fault per 4 KiB. Frames are
+cut out in place; a C{process/output} notification is recognised by its
+first bytes and its chunk decoded with pybase64 where it lies, without
+parsing the JSON around it; other messages are copied out only for a
+caller that wants them. Requests go out as masked text frames
 with an all-zero key (legal, and the payload needs no copy).
 """
 
