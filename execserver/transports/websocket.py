@@ -69,7 +69,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 GOING_AWAY = 1001
 GOING_AWAY_REASON = "server shutting down"
 #: What the client reads from its socket at a time (Twisted's default is
-#: 64 KiB): about one process/output message of ours (96 KiB of output).
+#: 64 KiB) until it reads in place (L{FrameCutter.read_in_place}, once the
+#: WebSocket is open over plain TCP), and always on other transports:
+#: about one process/output message of ours (96 KiB of output).
 CLIENT_READ_BYTES = 128 * 1024
 
 
