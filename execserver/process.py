@@ -354,11 +354,8 @@ class ManagedProcess:
             "sandboxDenied": self.sandbox_denied,
         }))
         self._maybe_close()
-        # Recorded at the end of this turn, once the exit (and the close,
-        # when the streams end with it) has been sent: the client waits
-        # for those, nobody for the log line.
-        self.session.reactor.callLater(0, audit.record, "process.exit", session=self.session.id,
-                                       process=self.process_id, exit_code=exit_code)
+        audit.record("process.exit", session=self.session.id, process=self.process_id,
+                     exit_code=exit_code)
 
     def _maybe_close(self) -> None:
         """

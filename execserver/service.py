@@ -27,7 +27,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 import execserver
-from execserver import environment, listening, memory, operations, turns, wsauth
+from execserver import audit, environment, listening, memory, operations, turns, wsauth
 from execserver.guardian import Guardian
 from execserver.interfaces import IMessageProtocol
 from execserver.methods import all_methods
@@ -306,12 +306,14 @@ def server_base(config: usage.Options, reactor) -> tuple[
     """
     What every command that runs a server core starts with: the services'
     parent (they stop one after the other, the last added first), the
-    allocator tuned and trimmed when idle, an orderly stop on signals, the
+    audit trail logged in batches (stopped last, so that it logs what
+    stopping records), the allocator tuned and trimmed when idle, an orderly stop on signals, the
     readiness reported to systemd, the metrics, and the admin listener of
     the L{operations.OPERATING_PARAMETERS} (added early, so stopped late:
     /readyz and /metrics answer while the server drains).
     """
     top = operations.StopInOrder()
+    audit.AuditBatches(reactor).setServiceParent(top)
     memory.tune_allocator()
     reactor.callWhenRunning(memory.freeze_startup_heap)
     memory.IdleTrimmer(reactor).setServiceParent(top)

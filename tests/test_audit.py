@@ -12,10 +12,10 @@ import sys
 
 import pybase64
 from twisted.internet import reactor, task
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from execserver import paths
+from execserver import audit, paths
 from execserver.session import DETACHED_TTL_SECONDS
 from tests import support
 from tests.httpserver import Origin
@@ -136,3 +136,59 @@ class JsonLogTests(unittest.TestCase):
                          ("/bin/true", "p", "none"))
         with open(log_path, encoding="utf-8") as f:
             self.assertNotIn(SECRET, f.read())
+
+
+class BatchTests(unittest.TestCase):
+    """
+    While an AuditBatches service runs, events wait for a batch, at most
+    BATCH_SECONDS, and keep the time they happened.
+    """
+
+    def setUp(self):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.clock = task.Clock()
+        self.clock.advance(1000)
+        self.batches = audit.AuditBatches(self.clock)
+        self.batches.startService()
+        self.addCleanup(lambda: self.batches.running and self.batches.stopService())
+
+    def audited(self) -> list[tuple[str, str, float]]:
+        return [(event["audit"], event["session"], event["log_time"])
+                for event in self.events if "audit" in event]
+
+    def test_events_wait_for_their_batch_and_keep_their_time(self):
+        audit.record("session.detach", session="a")
+        self.clock.advance(audit.BATCH_SECONDS / 4)
+        audit.record("session.expire", session="a")
+        self.clock.advance(audit.BATCH_SECONDS / 2)
+        self.assertEqual(self.audited(), [])
+        (due,) = self.clock.getDelayedCalls()
+        self.assertEqual(due.getTime(), 1000 + audit.BATCH_SECONDS)
+        self.clock.advance(audit.BATCH_SECONDS / 2)
+        self.assertEqual(self.audited(), [("session.detach", "a", 1000),
+                                          ("session.expire", "a", 1000 + audit.BATCH_SECONDS / 4)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        (event, _) = [event for event in self.events if "audit" in event]
+        self.assertEqual(formatEvent(event), "session a detached")
+        self.assertEqual(event["log_namespace"], "execserver.audit")
+        self.assertEqual(event["log_level"], LogLevel.info)
+
+    def test_a_full_batch_is_logged_at_once(self):
+        for n in range(audit.BATCH_EVENTS - 1):
+            audit.record("session.expire", session=str(n))
+        self.assertEqual(self.audited(), [])
+        audit.record("session.expire", session="last")
+        self.assertEqual([session for _, session, _ in self.audited()],
+                         [str(n) for n in range(audit.BATCH_EVENTS - 1)] + ["last"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopping_logs_what_is_held_and_then_events_as_they_happen(self):
+        audit.record("session.detach", session="a")
+        self.batches.stopService()
+        self.assertEqual([name for name, _, _ in self.audited()], ["session.detach"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        audit.record("session.expire", session="a")
+        self.assertEqual([name for name, _, _ in self.audited()],
+                         ["session.detach", "session.expire"])
