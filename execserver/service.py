@@ -307,9 +307,10 @@ def server_base(config: usage.Options, reactor) -> tuple[
     What every command that runs a server core starts with: the services'
     parent (they stop one after the other, the last added first), the
     audit trail logged in batches (stopped last, so that it logs what
-    stopping records), the allocator tuned and trimmed when idle, an orderly stop on signals, the
-    readiness reported to systemd, the metrics, and the admin listener of
-    the L{operations.OPERATING_PARAMETERS} (added early, so stopped late:
+    stopping records), the allocator tuned and trimmed when idle, an
+    orderly stop on signals, the readiness reported to systemd, the
+    metrics, and the admin listener of the
+    L{operations.OPERATING_PARAMETERS} (added early, so stopped late:
     /readyz and /metrics answer while the server drains).
     """
     top = operations.StopInOrder()
