@@ -67,7 +67,8 @@ BATCH_EVENTS = 1000
 def record(event: str, **fields) -> None:
     """
     Log one audit event (a name of L{_FORMATS}) with its fields: now, or
-    with the current batch while an L{AuditBatches} runs.
+    with the current batch while an L{AuditBatches} runs. On the reactor
+    thread only (the batch's timer is the reactor's).
     """
     _batches.hold(event, fields)
 
