@@ -62,6 +62,8 @@ async def start_semantic_errors(peer):
     await peer.call("process/start", dict(VALID, cwd="file:///nonexistent"), label="missing cwd")
     await peer.call("process/start", dict(VALID, processId="n", argv=["no-such-program"]), label="missing program")
     await peer.call("process/start", dict(VALID, processId="d", argv=["/tmp"]), label="directory program")
+    await peer.call("process/start", dict(VALID, processId="dt", argv=["/tmp"], tty=True),
+                    label="directory program on a terminal")
     await peer.call("process/start", dict(VALID, processId="e", argv=[""]), label="empty program")
     await peer.call("process/start", dict(VALID, processId="z", argv=["/bin/echo", "a\0b"]), label="nul arg")
     await peer.call("process/start", dict(VALID, processId="z", env={"A": "a\0b"}), label="nul env")
@@ -97,6 +99,8 @@ async def environment_and_arguments(peer):
     await peer.call("process/start", start("removed", ["/usr/bin/env"], env=removed))
     events = await peer.process_events("removed", label="removed variables")
     del events
+    await peer.call("process/start", start("equals", ["/usr/bin/env"], env={"A=B": "c"}))
+    await peer.process_events("equals")
     await peer.call("process/start", start("bare", ["true"], env={}))
     await peer.process_events("bare")
     await peer.call("process/start", start("arg0", ["/bin/sh", "-c", "echo $0"], arg0="renamed"))

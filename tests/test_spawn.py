@@ -9,8 +9,10 @@ chunks from a pipe grown for it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import subprocess
 import sys
 
 import pybase64
@@ -213,6 +215,34 @@ class BusyWriterTests(unittest.TestCase):
         self.assertEqual(handler.sizes, {initial})
 
 
+class StartFailureTests(unittest.TestCase):
+    """
+    What the child reports when it cannot become the program reaches the
+    caller whole, whether the child was started with vfork (pipes) or fork
+    (a terminal, or code to run before exec), and nothing is left behind.
+    """
+
+    def start(self, argv: list[str], tty: bool, before_exec=None) -> Child:
+        spec = ChildSpec(executable=argv[0], argv=argv, cwd="/", env={}, tty=tty,
+                         pipe_stdin=True, before_exec=before_exec)
+        return Child(reactor, spec, Recorder())
+
+    def test_a_program_that_cannot_be_run(self):
+        for tty in (False, True):
+            before = set(os.listdir("/proc/self/fd"))
+            error = self.assertRaises(OSError, self.start(["/tmp"], tty).start)
+            self.assertEqual(error.errno, errno.EACCES, tty)
+            self.assertEqual(set(os.listdir("/proc/self/fd")), before, tty)
+
+    def test_a_failure_before_exec(self):
+        def fail():
+            raise RuntimeError("no")
+
+        error = self.assertRaises(subprocess.SubprocessError,
+                                  self.start(["/bin/true"], False, fail).start)
+        self.assertEqual(str(error), "Exception occurred in preexec_fn.")
+
+
 class ShutdownTests(unittest.TestCase):
     async def test_shutdown_finishes_when_an_exit_is_never_seen(self):
         clock = task.Clock()
@@ -231,4 +261,4 @@ class ShutdownTests(unittest.TestCase):
         self.assertFalse(stopped.called)
         clock.advance(SHUTDOWN_REAP_SECONDS)
         self.assertTrue(stopped.called)
-        self.assertEqual(child.popen.returncode, -9)
+        self.assertEqual(child.exit_code, 128 + 9)
