@@ -347,12 +347,10 @@ class ManagedProcess:
         if self.sandboxed:
             self.sandbox_denied = denial.likely_denied(exit_code, self.log.retained())
         seq = self.log.record_exit(exit_code)
-        self.session.deliver(rpc.encode_notification("process/exited", {
-            "processId": self.process_id,
-            "seq": seq,
-            "exitCode": exit_code,
-            "sandboxDenied": self.sandbox_denied,
-        }))
+        self.session.deliver(
+            b'{"method":"process/exited","params":{"processId":%s,"seq":%d,"exitCode":%d,'
+            b'"sandboxDenied":%s}}'
+            % (self._process_id_json, seq, exit_code, b"true" if self.sandbox_denied else b"false"))
         self._maybe_close()
         audit.record("process.exit", session=self.session.id, process=self.process_id,
                      exit_code=exit_code)
@@ -365,9 +363,8 @@ class ManagedProcess:
         if not self.log.closed and self.log.exited and not self.child.readers:
             seq = self.log.record_close()
             self.session.retain_closed(self)
-            self.session.deliver(rpc.encode_notification(
-                "process/closed", {"processId": self.process_id, "seq": seq}
-            ))
+            self.session.deliver(b'{"method":"process/closed","params":{"processId":%s,"seq":%d}}'
+                                 % (self._process_id_json, seq))
         self._wake()
 
     def _wake(self) -> None:
