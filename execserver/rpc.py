@@ -180,11 +180,12 @@ def classify(value: dict) -> Message:
     C{result} makes a response; anything else is an error object.
     """
     method = value.get("method")
-    if type(method) is str and len(value) == 2 and "id" in value:
-        # The common case, without the general decoder.
+    if type(method) is str and "id" in value and "trace" not in value:
+        # The common case, without the general decoder: the other fields
+        # are any params, and members the request ignores ("jsonrpc").
         id = value["id"]
         if isinstance(id, str) or (type(id) is int and I64_MIN <= id <= I64_MAX):
-            return Request(id, method, None)
+            return Request(id, method, value.get("params"))
     try:
         if "method" in value:
             if "id" in value:

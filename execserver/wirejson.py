@@ -186,7 +186,7 @@ def parse_document(data: bytes | str, diagnose_now: bool = True) -> Document:
     if (
         type(value) in (int, float, BigNumber)
         or ("\\u" in text and _SURROGATE_ESCAPE.search(text))
-        or _exceeds_limits(value)
+        or _exceeds_limits(text, value)
     ):
         if not diagnose_now:
             raise NeedsDiagnosis()
@@ -242,7 +242,15 @@ def diagnose(data: bytes | str) -> str:
     return _Diagnoser(_as_bytes(data)).diagnose() or "invalid JSON"
 
 
-def _exceeds_limits(value: Any) -> bool:
+def _exceeds_limits(text: str, value: Any) -> bool:
+    """
+    Whether C{value}, parsed from C{text}, nests too deep or has too many
+    values. Either takes a long text: nesting too deep, a bracket (or a
+    brace) per level; too many values, two characters each. A text too
+    short for both (most messages) is not walked.
+    """
+    if len(text) <= 2 * MAX_VALUES and text.count("[") + text.count("{") < RECURSION_LIMIT:
+        return False
     return _count_values(value, 1, MAX_VALUES) is None
 
 
