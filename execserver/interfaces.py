@@ -42,6 +42,14 @@ class IMessageTransport(IPushProducer):
         joined before it is written.
         """
 
+    def flush() -> None:
+        """
+        Send at once what the transport holds back to send together with
+        the rest of this reactor turn's messages: a message that ends an
+        exchange (a process's C{process/closed}) need not wait for them.
+        A transport that holds nothing back does nothing.
+        """
+
     def loseConnection() -> None:
         """
         Close the connection after flushing what was already sent.

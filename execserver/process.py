@@ -365,6 +365,9 @@ class ManagedProcess:
             self.session.retain_closed(self)
             self.session.deliver(b'{"method":"process/closed","params":{"processId":%s,"seq":%d}}'
                                  % (self._process_id_json, seq))
+            # What a caller waits for: it goes now, not at the end of the
+            # reactor's turn.
+            self.session.flush()
         self._wake()
 
     def _wake(self) -> None:

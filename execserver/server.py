@@ -228,6 +228,10 @@ class ServerConnection:
         if self.connected:
             self.transport.sendMessage(data)
 
+    def flush(self) -> None:
+        if self.connected:
+            self.transport.flush()
+
     def notify(self, method: str, params: Any) -> None:
         self.sendMessage(rpc.encode_notification(method, params))
 

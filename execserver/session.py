@@ -43,6 +43,8 @@ class Attachment(Protocol):
 
     def sendMessage(self, data: bytes | tuple[bytes, ...]) -> None: ...
 
+    def flush(self) -> None: ...
+
 
 class Session:
     def __init__(self, registry: "SessionRegistry", session_id: str) -> None:
@@ -72,6 +74,14 @@ class Session:
         """
         if self.connection is not None:
             self.connection.sendMessage(message)
+
+    def flush(self) -> None:
+        """
+        Send what was delivered at once rather than with the rest of the
+        reactor's turn.
+        """
+        if self.connection is not None:
+            self.connection.flush()
 
     def attach(self, connection: Attachment) -> None:
         self.connection = connection

@@ -328,6 +328,8 @@ class FakeMessageTransport:
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        #: How many messages had been sent at each flush.
+        self.flushes: list[int] = []
         self.aborted = False
         self.closed = False
         self.producer = None
@@ -346,6 +348,11 @@ class FakeMessageTransport:
                     self._waiters.remove(entry)
                     # Like a real transport, never call back into the sender.
                     reactor.callLater(0, entry[1].callback, message)
+
+    def flush(self) -> None:
+        # Messages are "sent" as they come; what was sent by each flush is
+        # remembered.
+        self.flushes.append(len(self.sent))
 
     def wait_for(self, match: Callable[[Any], bool]) -> Deferred:
         """

@@ -66,6 +66,16 @@ class LifecycleTests(ProcessTestCase):
         self.assertEqual(events[-2]["params"], {
             "processId": "p", "seq": len(events) - 1, "exitCode": 0, "sandboxDenied": False})
 
+    async def test_closed_is_sent_at_once(self):
+        """
+        A process's last notification is flushed when it is sent, not left
+        for the end of the reactor's turn.
+        """
+        await self.run_process("p", ["/bin/true"])
+        closed = len(self.transport.sent)
+        self.assertEqual(self.transport.messages()[-1]["method"], "process/closed")
+        self.assertEqual(self.transport.flushes, [closed])
+
     async def test_start_replies_before_any_notification(self):
         reply_id = self._ids + 1
         await self.run_process("p", ["/bin/echo", "early"])

@@ -9,8 +9,11 @@ loopback TCP connections.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import struct
+import termios
 
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred
@@ -162,6 +165,24 @@ class EndOfTurnTests(unittest.TestCase):
         self.assertTrue(paused)
         frames = await self.until_frames(client, 2000)
         self.assertEqual(frames, [(0x1, message)] * 2000)
+
+    async def test_a_flush_sends_the_turn_so_far_at_once(self):
+        client, server = await self.connected()
+
+        def arrived() -> int:
+            # Loopback: what the server's kernel takes is in the client's
+            # receive queue before the call returns.
+            return struct.unpack("i", fcntl.ioctl(client.transport.getHandle().fileno(),
+                                                  termios.FIONREAD, b"\0" * 4))[0]
+
+        server.sendMessage(b'"one"')
+        self.assertEqual(arrived(), 0)
+        server.flush()
+        # The frame: a two-byte header and the message.
+        self.assertEqual(arrived(), 2 + len(b'"one"'))
+        server.sendMessage(b'"two"')
+        frames = await self.until_frames(client, 2)
+        self.assertEqual(frames, [(0x1, b'"one"'), (0x1, b'"two"')])
 
     async def test_messages_of_the_turn_go_before_the_close(self):
         client, server = await self.connected()

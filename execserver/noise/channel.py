@@ -118,6 +118,14 @@ class NoiseStream:
             self._producer_paused = True
             self._producer.pauseProducing()
 
+    def flush(self) -> None:
+        """
+        Left to the relay socket, which sends what every stream has for it
+        in one pump round: sending one stream's closing frames on their
+        own made relayed round trips slower, not faster (see the README's
+        "Tried and not kept").
+        """
+
     def loseConnection(self) -> None:
         """End the stream once what was sent is on the socket."""
         if self.ended or self._closing:

@@ -103,6 +103,11 @@ class LineMessageProtocol(protocol.Protocol):
         parts = data if isinstance(data, tuple) else (data,)
         self.transport.writeSequence((*parts, b"\n"))
 
+    def flush(self) -> None:
+        """
+        Nothing is held back: each message is written as it is sent.
+        """
+
     def loseConnection(self) -> None:
         self.transport.loseConnection()
 
