@@ -313,22 +313,30 @@ class Struct(Type):
         self.expecting = f"struct {name}"
         self.fields = fields
         self.by_name = {field.name: field for field in fields}
+        # What an object's decoding starts from: the defaults that can be
+        # shared, and the names that need a fresh one or must be present.
+        self._defaults = {field.name: field.default for field in fields
+                          if not field.required and not isinstance(field.default, (list, dict))}
+        self._fresh = [field for field in fields if isinstance(field.default, (list, dict))]
+        self._required = frozenset(field.name for field in fields if field.required)
 
     def decode(self, value: Any) -> dict:
         if isinstance(value, list):
             return self._decode_sequence(value)
         if not isinstance(value, dict):
             raise invalid_type(value, self.expecting)
-        result = {}
+        result = self._defaults.copy()
+        by_name = self.by_name
         for key, item in value.items():
-            field = self.by_name.get(key)
+            field = by_name.get(key)
             if field is not None:
                 result[key] = field.type.decode(item)
-        for field in self.fields:
-            if field.name not in result:
-                if field.required:
-                    raise DecodeError(f"missing field `{field.name}`")
+        for field in self._fresh:
+            if field.name not in value:
                 result[field.name] = _copy_default(field.default)
+        if not self._required <= result.keys():
+            missing = next(field for field in self.fields if field.name not in result)
+            raise DecodeError(f"missing field `{missing.name}`")
         return result
 
     def _decode_sequence(self, items: list) -> dict:
