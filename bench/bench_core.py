@@ -4,7 +4,7 @@ floor (bench/floor.py) measured in the same run:
 
 * round trip: process/start of /bin/true until its process/closed (p50,
   p90), with the raw client (bench/raw.py) and the JSON client of
-  bench/common.py
+  bench/common.py, after C{common.WARM_UP_ROUNDS} unmeasured ones
 * throughput: stdout of `head -c N /dev/zero`, bytes delivered through
   process/output notifications, with both clients; the server's CPU
   seconds per MiB (raw client run)
@@ -212,7 +212,7 @@ async def finished_process_bytes(server: common.Server, processes: int) -> float
 
 
 async def measure(server: common.Server, args) -> dict:
-    await raw_round_trips(server.url, 20)  # warm up
+    await raw_round_trips(server.url, common.WARM_UP_ROUNDS)
     times = await raw_round_trips(server.url, args.rounds)
     json_times = await round_trips(server.url, args.rounds)
     rate, cpu = await raw_throughput(server, args.mib)

@@ -4,7 +4,8 @@ Our executor (twistd execserver-remote) against the reference executor
 process, driven by the same harness (the client library over
 RelayConnector, in this process), in one run:
 
-* round trip: process/start of /bin/true until process/closed (p50, p90)
+* round trip: process/start of /bin/true until process/closed (p50, p90),
+  after C{common.WARM_UP_ROUNDS} unmeasured ones
 * throughput: stdout of `head -c 32MiB /dev/zero` delivered to the harness;
   the medians of several transfers, alternating between the executors,
   with the CPU time per MiB of the harness, the executor and the

@@ -29,6 +29,13 @@ from execserver.transports import websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: Round trips run before a round trip benchmark measures, on every server
+#: alike: our server's first hundred or so execs after it starts take
+#: longer (0.5 to 0.75 ms p50 over the first 50, then about 0.43 on the
+#: development machine; more CPU per exec, not page faults), and the
+#: benchmarks measure a server in service.
+WARM_UP_ROUNDS = 200
+
 
 def reference_binary() -> str:
     out = subprocess.run([str(ROOT / "scripts" / "install-reference")], check=True,

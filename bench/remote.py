@@ -142,7 +142,7 @@ async def exec_true(client: ExecServerClient) -> None:
 
 
 async def round_trips(client: ExecServerClient, rounds: int) -> dict:
-    for _ in range(20):  # warm up
+    for _ in range(common.WARM_UP_ROUNDS):
         await exec_true(client)
     times = []
     for _ in range(rounds):
