@@ -365,10 +365,16 @@ class ManagedProcess:
             self.session.retain_closed(self)
             self.session.deliver(b'{"method":"process/closed","params":{"processId":%s,"seq":%d}}'
                                  % (self._process_id_json, seq))
-            # What a caller waits for: it goes now, not at the end of the
-            # reactor's turn.
-            self.session.flush()
+            # What a caller waits for: it goes as soon as what the child
+            # held is let go of (the callbacks of its end: a sandbox's
+            # mount targets removed, a proxy bridge stopped), not at the end
+            # of the reactor's turn.
+            self.child.finished.addBoth(self._flush)
         self._wake()
+
+    def _flush(self, result: Any) -> Any:
+        self.session.flush()
+        return result
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []

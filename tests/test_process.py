@@ -66,15 +66,23 @@ class LifecycleTests(ProcessTestCase):
         self.assertEqual(events[-2]["params"], {
             "processId": "p", "seq": len(events) - 1, "exitCode": 0, "sandboxDenied": False})
 
-    async def test_closed_is_sent_at_once(self):
+    async def test_closed_is_sent_at_once_after_the_child_is_let_go_of(self):
         """
-        A process's last notification is flushed when it is sent, not left
-        for the end of the reactor's turn.
+        A process's last notification is flushed, not left for the end of
+        the reactor's turn, but only once the callbacks of the child's end
+        have run (they release what it held: a sandbox's mount targets).
         """
-        await self.run_process("p", ["/bin/true"])
-        closed = len(self.transport.sent)
+        reply = await self.call("process/start", start_params("p", ["/bin/sh", "-c", "read x"],
+                                                              pipeStdin=True))
+        self.assertIn("result", reply)
+        child = self.server.registry.sessions[self.session_id].processes["p"].child
+        flushes_at_end = []
+        child.finished.addBoth(lambda result: flushes_at_end.append(list(self.transport.flushes)))
+        await self.call("process/write", {"processId": "p", "chunk": b64(b"\n"), "writeId": "w"})
+        await self.transport.closed_event("p")
         self.assertEqual(self.transport.messages()[-1]["method"], "process/closed")
-        self.assertEqual(self.transport.flushes, [closed])
+        self.assertEqual(flushes_at_end, [[]])
+        self.assertEqual(self.transport.flushes, [len(self.transport.sent)])
 
     async def test_start_replies_before_any_notification(self):
         reply_id = self._ids + 1
