@@ -294,6 +294,9 @@ class ManagedProcess:
         @raise OSError: the program could not be started.
         """
         self.child.start()
+        # process/closed goes out once what the child held is let go of:
+        # the callbacks added to its end before this one.
+        self.child.finished.addBoth(self._flush)
         guardian = self.session.registry.guardian
         if guardian is not None:
             pid = self.child.pid
@@ -365,14 +368,12 @@ class ManagedProcess:
             self.session.retain_closed(self)
             self.session.deliver(b'{"method":"process/closed","params":{"processId":%s,"seq":%d}}'
                                  % (self._process_id_json, seq))
-            # What a caller waits for: it goes as soon as what the child
-            # held is let go of (the callbacks of its end: a sandbox's
-            # mount targets removed, a proxy bridge stopped), not at the end
-            # of the reactor's turn.
-            self.child.finished.addBoth(self._flush)
         self._wake()
 
     def _flush(self, result: Any) -> Any:
+        # process/closed, what a caller waits for, was delivered just
+        # before the child's end: it goes now, not at the end of the
+        # reactor's turn.
         self.session.flush()
         return result
 

@@ -262,6 +262,12 @@ def start(connection: ServerConnection, p: dict) -> dict:
     process = ManagedProcess(session, process_id, spec, sandboxed=plan is not None)
     confinement = plan or runner.UNCONFINED
     runner.sandboxing.targets.acquire(confinement)
+    # What the child holds is let go of when it ends, before its
+    # process/closed goes out (ManagedProcess.start adds that next).
+    if confinement.created or confinement.stand_ins:
+        process.child.finished.addBoth(_released, confinement)
+    if launch.bridge is not None:
+        process.child.finished.addBoth(_bridge_stopped, launch.bridge)
     try:
         process.start()
     except OSError as e:
@@ -271,11 +277,8 @@ def start(connection: ServerConnection, p: dict) -> dict:
         raise rpc.internal_error(oserrors.describe(e)) from None
     finally:
         launch.close()
-    if confinement.created or confinement.stand_ins:
-        process.child.finished.addBoth(_released, confinement)
     if launch.bridge is not None:
         launch.bridge.start(session.reactor)
-        process.child.finished.addBoth(_bridge_stopped, launch.bridge)
     session.processes[process_id] = process
     sandbox_type = runner.SANDBOX_TYPE if plan is not None else "none"
     audit.record("process.start", session=session.id, process=process_id, argv0=argv[0],

@@ -15,9 +15,11 @@ from execserver.process import (
     CLOSED_RETENTION_SECONDS,
     MAX_RETAINED_BYTES,
     MAX_RETAINED_CHUNKS,
+    ManagedProcess,
     OutputLog,
     WriteIds,
 )
+from execserver.spawn import ChildSpec
 from tests.support import (
     attach,
     build_exec_server,
@@ -69,16 +71,18 @@ class LifecycleTests(ProcessTestCase):
     async def test_closed_is_sent_at_once_after_the_child_is_let_go_of(self):
         """
         A process's last notification is flushed, not left for the end of
-        the reactor's turn, but only once the callbacks of the child's end
-        have run (they release what it held: a sandbox's mount targets).
+        the reactor's turn, but only once the callbacks added to the
+        child's end before it started have run (process/start adds those
+        that let go of what the child held: a sandbox's mount targets).
         """
-        reply = await self.call("process/start", start_params("p", ["/bin/sh", "-c", "read x"],
-                                                              pipeStdin=True))
-        self.assertIn("result", reply)
-        child = self.server.registry.sessions[self.session_id].processes["p"].child
+        session = self.server.registry.sessions[self.session_id]
+        spec = ChildSpec(executable="/bin/true", argv=["/bin/true"], cwd="/", env={},
+                         tty=False, pipe_stdin=False)
+        process = session.processes["p"] = ManagedProcess(session, "p", spec)
         flushes_at_end = []
-        child.finished.addBoth(lambda result: flushes_at_end.append(list(self.transport.flushes)))
-        await self.call("process/write", {"processId": "p", "chunk": b64(b"\n"), "writeId": "w"})
+        process.child.finished.addBoth(
+            lambda result: flushes_at_end.append(list(self.transport.flushes)))
+        process.start()
         await self.transport.closed_event("p")
         self.assertEqual(self.transport.messages()[-1]["method"], "process/closed")
         self.assertEqual(flushes_at_end, [[]])
