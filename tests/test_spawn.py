@@ -4,7 +4,8 @@ event meant for an earlier holder of a descriptor number (the number was
 freed and taken again within one poll batch) must neither end a stream nor
 lose or invent an exit, and stopping the server must finish even when a
 child's exit is never observed. A busy writer's output is read in bounded
-chunks from a pipe grown for it.
+chunks from a pipe grown for it. A child that cannot become its program
+reports why, whichever way it was started.
 """
 
 from __future__ import annotations
