@@ -466,6 +466,10 @@ class ServerConnection:
             return
         self._measure(request, True, started)
         self.sendMessage(encoded)
+        if not self._queue:
+            # Nothing else of this peer's is waiting to be answered in
+            # this turn: the reply goes now, not at the end of the turn.
+            self.flush()
 
     def _internal_error(self, request: rpc.Request, failure: Failure, started: float) -> None:
         """

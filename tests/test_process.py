@@ -79,14 +79,15 @@ class LifecycleTests(ProcessTestCase):
         spec = ChildSpec(executable="/bin/true", argv=["/bin/true"], cwd="/", env={},
                          tty=False, pipe_stdin=False)
         process = session.processes["p"] = ManagedProcess(session, "p", spec)
+        before = list(self.transport.flushes)
         flushes_at_end = []
         process.child.finished.addBoth(
             lambda result: flushes_at_end.append(list(self.transport.flushes)))
         process.start()
         await self.transport.closed_event("p")
         self.assertEqual(self.transport.messages()[-1]["method"], "process/closed")
-        self.assertEqual(flushes_at_end, [[]])
-        self.assertEqual(self.transport.flushes, [len(self.transport.sent)])
+        self.assertEqual(flushes_at_end, [before])
+        self.assertEqual(self.transport.flushes, [*before, len(self.transport.sent)])
 
     async def test_start_replies_before_any_notification(self):
         reply_id = self._ids + 1

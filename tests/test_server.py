@@ -252,6 +252,24 @@ class BacklogTests(ConnectionTestCase):
         self.clock.advance(60)
         self.assertTrue(self.transport.reading)
 
+    def test_a_reply_goes_at_once_when_nothing_else_waits(self):
+        """
+        The transport holds small messages for the end of the reactor's
+        turn; a reply is flushed when no other message of its peer is
+        waiting, and not before the last of those that are.
+        """
+        handshake(self.connection, self.transport)
+        send(self.connection, {"id": 5, "method": "environment/status"})
+        self.assertEqual(self.transport.flushes[-1], len(self.transport.sent))
+        self.long_poll(3)
+        flushed = len(self.transport.flushes)
+        for n in range(3):
+            send(self.connection, {"id": 100 + n, "method": "environment/status"})
+        self.clock.advance(60)
+        # The long poll's answer and the three queued behind it: one flush,
+        # after the last.
+        self.assertEqual(self.transport.flushes[flushed:], [len(self.transport.sent)])
+
     def test_a_peer_that_does_not_read_its_answers_is_not_read(self):
         handshake(self.connection, self.transport)
         self.connection.pauseProducing()
