@@ -199,10 +199,10 @@ def parse_document(data: bytes | str, diagnose_now: bool = True) -> Document:
 def _may_break_the_value_limit(data: bytes | str) -> bool:
     """
     Whether C{data} is long enough to hold more than L{MAX_VALUES} values
-    (two bytes each at the least, a digit and a comma) and has the commas
-    of many values. Few values of many bytes (a file's base64) do not.
+    and has the commas of many values. Few values of many bytes (a file's
+    base64) do not.
     """
-    if len(data) <= 2 * MAX_VALUES:
+    if _too_short_for_the_value_limit(data):
         return False
     # Found one at a time (memchr) rather than all counted: a long string
     # has few, and the search stops at the first that makes many.
@@ -213,6 +213,14 @@ def _may_break_the_value_limit(data: bytes | str) -> bool:
         if index < 0:
             return False
     return True
+
+
+def _too_short_for_the_value_limit(data: bytes | str) -> bool:
+    """
+    Whether C{data} is too short to hold more than L{MAX_VALUES} values:
+    each takes two characters at the least, a digit and a comma.
+    """
+    return len(data) <= 2 * MAX_VALUES
 
 
 def _as_bytes(data: bytes | str) -> bytes:
@@ -249,7 +257,8 @@ def _exceeds_limits(text: str, value: Any) -> bool:
     brace) per level; too many values, two characters each. A text too
     short for both (most messages) is not walked.
     """
-    if len(text) <= 2 * MAX_VALUES and text.count("[") + text.count("{") < RECURSION_LIMIT:
+    if (_too_short_for_the_value_limit(text)
+            and text.count("[") + text.count("{") < RECURSION_LIMIT):
         return False
     return _count_values(value, 1, MAX_VALUES) is None
 
