@@ -532,9 +532,11 @@ class Child:
                     os.close(fd)
             raise
         finally:
-            for fd in (out_write, err_write, in_read if in_write >= 0 else -1):
-                if fd >= 0:
-                    os.close(fd)
+            os.close(out_write)
+            os.close(err_write)
+            if in_write >= 0:
+                # The stdin pipe's read end; the shared /dev/null stays open.
+                os.close(in_read)
         for fd in (out_read, err_read):
             _set_nonblocking(fd)
         self.readers = [
