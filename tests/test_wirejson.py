@@ -380,3 +380,76 @@ class FuzzTests(unittest.SynchronousTestCase):
         else:
             if isinstance(python_value, dict) and isinstance(message, rpc.Request):
                 self.assertEqual(message.params, python_value.get("params"))
+
+
+class CutShortTests(unittest.SynchronousTestCase):
+    """
+    A value cut short where its containers could have been closed gets
+    "EOF while parsing" its innermost container from the C parser and
+    regular expressions (L{wirejson._cut_inside_containers}); the walk
+    must find the same, and is still what answers anything else.
+    """
+
+    def walked(self, text: str) -> str | None:
+        return wirejson._Diagnoser(text.encode("utf-8", "surrogatepass")).diagnose()
+
+    @settings(max_examples=200, deadline=None)
+    @given(json_values, st.sampled_from([None, 0, 2]))
+    def test_the_same_diagnosis_as_the_walk(self, value, indent):
+        text = json.dumps(value, ensure_ascii=False, indent=indent)
+        for end in range(len(text)):
+            cut = wirejson._cut_inside_containers(text[:end])
+            if cut is not None:
+                self.assertEqual(cut, self.walked(text[:end]), repr(text[:end]))
+
+    def test_truncated_messages_and_runs_short_of_the_limit(self):
+        for text in ['{"a":' * 127 + "1" + "}" * 63,
+                     '{"id":1,"method":"fs/readFile","params":' + "[" * 126 + "1",
+                     '{"id":1,"method":"m","params":{"argv":["[{", "é"], "env":{"A":"}"}',
+                     '[1, [2, {"k": [3]}] \n ']:
+            cut = wirejson._cut_inside_containers(text)
+            self.assertIsNotNone(cut, text)
+            self.assertEqual(cut, self.walked(text))
+            self.assertTrue(cut.startswith("EOF while parsing "), cut)
+
+    def test_anything_else_is_left_to_the_walk(self):
+        for text in ["[" * 128 + "1", "[1,", '{"a"', '{"a":', '["a', '[1}', '{"a":1,"a":2',
+                     '["\\ud800"', "[1.", "[tru", "[1] [", '{"a":1}', "", "x"]:
+            self.assertIsNone(wirejson._cut_inside_containers(text), text)
+
+    def test_no_walk_for_a_run_short_of_the_limit(self):
+        text = '{"a":' * 127 + "1" + "}" * 63
+
+        def refuse(data):
+            raise AssertionError("walked")
+
+        self.patch(wirejson, "_Diagnoser", refuse)
+        self.assertEqual(detail(text), "EOF while parsing an object at line 1 column 699")
+
+
+class DeepMessageTests(unittest.SynchronousTestCase):
+    """
+    A message with a run of openers is walked before the C parser builds
+    it (L{wirejson._may_nest_too_deep}).
+    """
+
+    def test_refused_without_being_built(self):
+        built = []
+        raw_decode = wirejson._raw_decode
+
+        def recorded(text, start):
+            built.append(len(text))
+            return raw_decode(text, start)
+
+        self.patch(wirejson, "_raw_decode", recorded)
+        for inner in ['{"a":' * 900 + "1" + "}" * 900, "[" * 1000 + "1"]:
+            self.assertEqual(detail('{"id":1,"method":"fs/readFile","params":' + inner + "}"),
+                             "recursion limit exceeded at line 1 column "
+                             + ("671" if inner.startswith("{") else "167"))
+        self.assertEqual(built, [])
+
+    def test_openers_in_a_string_still_parse(self):
+        text = '{"id":1,"method":"m","params":{"script":"' + "[" * 200 + '"}}'
+        message = rpc.parse(text)
+        self.assertEqual(message.params, json.loads(text)["params"])
+        self.assertTrue(wirejson._may_nest_too_deep(text))
