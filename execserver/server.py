@@ -365,7 +365,7 @@ class ServerConnection:
             log.info("a message that is not JSON-RPC; closing the connection")
             self.transport.abortConnection()
             return
-        self.sendMessage(rpc.encode_error(
+        self._send_reply(rpc.encode_error(
             rpc.MALFORMED_ID,
             rpc.INVALID_REQUEST,
             f"{self.transport.parseErrorPrefix}: {detail}",
@@ -465,6 +465,9 @@ class ServerConnection:
             self._internal_error(request, Failure(), started)
             return
         self._measure(request, True, started)
+        self._send_reply(encoded)
+
+    def _send_reply(self, encoded: bytes) -> None:
         self.sendMessage(encoded)
         if not self._queue:
             # Nothing else of this peer's is waiting to be answered in
@@ -481,7 +484,7 @@ class ServerConnection:
 
     def _reply_error(self, request: rpc.Request, error: rpc.RpcError, started: float) -> None:
         self._measure(request, False, started)
-        self.sendMessage(rpc.encode_error(request.id, error.code, error.message))
+        self._send_reply(rpc.encode_error(request.id, error.code, error.message))
 
     def _measure(self, request: rpc.Request, succeeded: bool, started: float) -> None:
         server = self.server

@@ -255,11 +255,14 @@ class BacklogTests(ConnectionTestCase):
     def test_a_reply_goes_at_once_when_nothing_else_waits(self):
         """
         The transport holds small messages for the end of the reactor's
-        turn; a reply is flushed when no other message of its peer is
-        waiting, and not before the last of those that are.
+        turn; a reply (an error too) is flushed when no other message of
+        its peer is waiting, and not before the last of those that are.
         """
         handshake(self.connection, self.transport)
-        send(self.connection, {"id": 5, "method": "environment/status"})
+        for message in ({"id": 5, "method": "environment/status"}, {"id": 6, "method": "no/such"}):
+            send(self.connection, message)
+            self.assertEqual(self.transport.flushes[-1], len(self.transport.sent), message)
+        self.connection.messageReceived(b"[1,")
         self.assertEqual(self.transport.flushes[-1], len(self.transport.sent))
         self.long_poll(3)
         flushed = len(self.transport.flushes)
