@@ -60,18 +60,20 @@ def _load_libc() -> ctypes.CDLL | None:
             and hasattr(os, "preadv") and hasattr(os, "RWF_NOWAIT")):
         return None
     libc.syscall.restype = ctypes.c_long
+    # The one system call made through it: openat2(dirfd, path, how, size).
+    libc.syscall.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
+                             ctypes.c_size_t)
     libc.fstatfs.argtypes = (ctypes.c_int, ctypes.c_char_p)
     return libc
 
 
 _libc = _load_libc()
+#: How every path is resolved: to an O_PATH descriptor, from the cache only.
+_HOW = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
 
 
 def _open_path_cached(path: bytes) -> int | None:
-    how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
-    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(_AT_FDCWD),
-                       ctypes.c_char_p(path), ctypes.byref(how),
-                       ctypes.c_size_t(ctypes.sizeof(how)))
+    fd = _libc.syscall(_SYS_OPENAT2, _AT_FDCWD, path, ctypes.addressof(_HOW), ctypes.sizeof(_HOW))
     return None if fd < 0 else fd
 
 
@@ -105,15 +107,19 @@ def read_small(path: bytes) -> bytes | None:
     finally:
         os.close(located)
     try:
-        return _read_cached(fd)
+        return _read_cached(fd, info.st_size)
     finally:
         os.close(fd)
 
 
-def _read_cached(fd: int) -> bytes | None:
-    view = memoryview(bytearray(INLINE_READ_BYTES + 1))
+def _read_cached(fd: int, size: int) -> bytes | None:
+    """
+    The file's bytes if they are all in the page cache and no more than
+    C{size}, its size when it was looked at; None otherwise.
+    """
+    view = memoryview(bytearray(size + 1))
     got = 0
-    while got <= INLINE_READ_BYTES:
+    while got <= size:
         try:
             read = os.preadv(fd, [view[got:]], got, os.RWF_NOWAIT)
         except OSError:
@@ -121,4 +127,4 @@ def _read_cached(fd: int) -> bytes | None:
         if read == 0:
             return bytes(view[:got])
         got += read
-    return None  # it grew past the bound meanwhile
+    return None  # it grew meanwhile: read in the pool

@@ -85,3 +85,12 @@ class ReadSmallTests(unittest.SynchronousTestCase):
     def test_missing(self):
         self.assertIsNone(nowait.read_small(os.fsencode(os.path.join(self.root, "missing"))))
         self.assertIsNone(nowait.read_small(self.file + b"/below-a-file"))
+
+    def test_a_file_that_grew_since_it_was_looked_at(self):
+        skip_unless_read_in_place(self.root)
+        fd = os.open(self.file, os.O_RDONLY)
+        try:
+            self.assertEqual(nowait._read_cached(fd, len(b"contents")), b"contents")
+            self.assertIsNone(nowait._read_cached(fd, len(b"contents") - 1))
+        finally:
+            os.close(fd)
