@@ -39,6 +39,30 @@ async def malformed_corpus(peer):
         await conn.close()
 
 
+def cut_short_values() -> list[str]:
+    """
+    Values cut short inside containers, answered without the walk level by
+    level where their containers could close (L{wirejson._cut_inside_containers}),
+    and their near misses, which are walked.
+    """
+    texts = []
+    for depth in (1, 5, 126, 127):
+        for opener in ("[", '{"a":', "[ ", '{ "k" : ', "[\n", '{"x":[1,{"y":'):
+            for tail in ("", " ", "\n", ",", "]", "}", "]" * (depth // 2), "}" * (depth // 2)):
+                text = opener * depth + "1" + tail
+                texts += [text, '{"id":1,"method":"fs/readFile","params":' + text]
+    start = ('{"id":7,"method":"process/start","params":{"processId":"p",'
+             '"argv":["sh","-c","echo [x] {y}"],"env":{"A":"}"},"tty":false}}')
+    return texts + [start[:end] for end in range(1, len(start), 3)]
+
+
+async def values_cut_short(peer):
+    await peer.handshake()
+    for text in cut_short_values():
+        peer.send_raw(text.encode())
+        await peer.next_message(f"reply to {text[:60]!r}")
+
+
 async def dropped_connections(peer):
     for case in CASES:
         if "dropped" not in case:
@@ -106,6 +130,7 @@ class EnvelopeTests(InteropTestCase):
     test_accepted_variations = interop(accepted_variations)
     test_binary_frames = interop(binary_frames)
     test_invalid_utf8_text_frame = interop(invalid_utf8_text_frame)
+    test_values_cut_short = interop(values_cut_short)
 
 
 class HandshakeTests(InteropTestCase):
