@@ -63,6 +63,28 @@ async def values_cut_short(peer):
         await peer.next_message(f"reply to {text[:60]!r}")
 
 
+def deep_values() -> list[str]:
+    """
+    Messages with runs of openers, walked before the C parser builds them
+    (L{wirejson._may_nest_too_deep}): refused at the limit, or parsed.
+    """
+    texts = []
+    for depth in (128, 129, 300):
+        for opener, closer in (("[", "]"), ('{"a":', "}"), ("[ ", "]"), ('{"a":[', "]}")):
+            for closers in (depth, depth // 2):
+                text = opener * depth + "1" + closer * closers
+                texts += [text, '{"id":1,"method":"fs/readFile","params":' + text + "}"]
+    return texts + ['{"id":2,"method":"environment/status","params":{"s":"' + "[" * 200 + '"}}',
+                    '{"id":3,"method":"environment/status","params":' + "[" * 100 + "]" * 100 + "}"]
+
+
+async def values_nested_deep(peer):
+    await peer.handshake()
+    for text in deep_values():
+        peer.send_raw(text.encode())
+        await peer.next_message(f"reply to {text[:60]!r}")
+
+
 async def dropped_connections(peer):
     for case in CASES:
         if "dropped" not in case:
@@ -131,6 +153,7 @@ class EnvelopeTests(InteropTestCase):
     test_binary_frames = interop(binary_frames)
     test_invalid_utf8_text_frame = interop(invalid_utf8_text_frame)
     test_values_cut_short = interop(values_cut_short)
+    test_values_nested_deep = interop(values_nested_deep)
 
 
 class HandshakeTests(InteropTestCase):
