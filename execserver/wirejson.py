@@ -277,8 +277,10 @@ def diagnose(data: bytes | str) -> str:
     return _Diagnoser(_as_bytes(data)).diagnose() or "invalid JSON"
 
 
-#: A whole JSON string, its escapes included (one cut short does not match).
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+#: A JSON string, its escapes included; one cut short runs to the end of
+#: the text (so that no search starts again inside it, at a quote it
+#: escapes: that would cost the square of its length).
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?')
 _NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
 _CLOSERS = {"[": "]", "{": "}"}
 #: The most openers of a text looked at for a cut inside containers: the
