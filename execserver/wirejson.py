@@ -36,10 +36,6 @@ RECURSION_LIMIT = 128
 
 #: At most this many JSON values (scalars, arrays and objects; not keys).
 MAX_VALUES = 256 * 1024
-#: The longest text looked at in the cheap passes of C that spare a text
-#: the C parser or the walk level by level (deep runs, a value cut short):
-#: parsing a longer one costs more than they could save.
-_PRECHECKED_LENGTH = 64 * 1024
 #: A long message with more commas than this is walked for the limits
 #: before it is built (each comma may separate containers up to 127 deep).
 _MANY_COMMAS = MAX_VALUES // RECURSION_LIMIT
@@ -155,12 +151,10 @@ def parse_document(data: bytes | str, diagnose_now: bool = True) -> Document:
         L{NeedsDiagnosis} instead of being diagnosed here.
     @raise JsonSyntaxError: with the reference's text.
     """
-    walked = _may_break_the_value_limit(data) or _may_nest_too_deep(data)
-    if walked:
+    if _may_break_the_value_limit(data):
         # Built by the C parser first, a message of millions of values
         # would cost seconds and its size in memory again and again before
-        # the limit is found, and one nested deep every level it holds: the
-        # walk stops at the limit.
+        # the limit is found: the walk stops at the limit.
         if not diagnose_now:
             raise NeedsDiagnosis()
         detail = _Diagnoser(_as_bytes(data)).diagnose()
@@ -192,7 +186,7 @@ def parse_document(data: bytes | str, diagnose_now: bool = True) -> Document:
     if (
         type(value) in (int, float, BigNumber)
         or ("\\u" in text and _SURROGATE_ESCAPE.search(text))
-        or (not walked and _exceeds_limits(text, value))
+        or _exceeds_limits(text, value)
     ):
         if not diagnose_now:
             raise NeedsDiagnosis()
@@ -219,23 +213,6 @@ def _may_break_the_value_limit(data: bytes | str) -> bool:
         if index < 0:
             return False
     return True
-
-
-def _may_nest_too_deep(data: bytes | str) -> bool:
-    """
-    Whether C{data} has the openers to reach the recursion limit, some of
-    them in a row (L{_OPENERS_IN_A_ROW}): the C parser would build every
-    level before the limit could be checked (900 nested objects: about 0.3
-    ms), where the walk refuses a run of openers in one pass. A longer text
-    than L{_PRECHECKED_LENGTH} costs the C parser more than it could save.
-    """
-    if len(data) > _PRECHECKED_LENGTH:
-        return False
-    if isinstance(data, bytes):
-        return (data.count(b"[") + data.count(b"{") >= RECURSION_LIMIT
-                and _OPENERS_IN_A_ROW.search(data) is not None)
-    return (data.count("[") + data.count("{") >= RECURSION_LIMIT
-            and _OPENERS_IN_A_ROW_TEXT.search(data) is not None)
 
 
 def _too_short_for_the_value_limit(data: bytes | str) -> bool:
@@ -283,10 +260,11 @@ def diagnose(data: bytes | str) -> str:
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?')
 _NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
 _CLOSERS = {"[": "]", "{": "}"}
-#: The most openers of a text looked at for a cut inside containers: the
-#: brackets are matched one by one in Python (well under 0.1 ms for this
-#: many). A text short enough (L{_PRECHECKED_LENGTH}) cannot break the limit
-#: of values either.
+#: The longest text, and the most openers, looked at for a cut inside
+#: containers: the brackets are matched one by one in Python (well under
+#: 0.1 ms for this many). A text this short cannot break the limit of
+#: values either.
+_CUT_CHECK_CHARACTERS = 64 * 1024
 _CUT_CHECK_OPENERS = 4 * RECURSION_LIMIT
 
 
@@ -299,7 +277,7 @@ def _cut_inside_containers(text: str) -> str | None:
     only holds once the C parser accepts the text with its closers added.
     The walk would go level by level in Python, about 5 us each.
     """
-    if (len(text) > _PRECHECKED_LENGTH or "\\u" in text
+    if (len(text) > _CUT_CHECK_CHARACTERS or "\\u" in text
             or text.count("[") + text.count("{") > _CUT_CHECK_OPENERS):
         return None
     still_open = []
@@ -394,10 +372,6 @@ _CLOSED = -1
 #: One opener of a container as the parser steps into it: "[", or "{" with
 #: a key of plain printable ASCII and its colon; and the whitespace after.
 _OPENER = re.compile(rb'\[[ \t\n\r]*|\{[ \t\n\r]*"[ !#-\[\]-~]*"[ \t\n\r]*:[ \t\n\r]*')
-#: Enough openers in a row that a message of the protocol hardly has them
-#: and one nested too deep mostly does.
-_OPENERS_IN_A_ROW = re.compile(rb"(?:%s){16}" % _OPENER.pattern)
-_OPENERS_IN_A_ROW_TEXT = re.compile(_OPENERS_IN_A_ROW.pattern.decode("ascii"))
 #: The windows of text in which the diagnosis lets the C parser vouch for
 #: a container, smallest first (each window costs a copy of itself).
 _SKIP_WINDOWS = (4 * 1024, 64 * 1024, 1024 * 1024)

@@ -65,8 +65,7 @@ async def values_cut_short(peer):
 
 def deep_values() -> list[str]:
     """
-    Messages with runs of openers, walked before the C parser builds them
-    (L{wirejson._may_nest_too_deep}): refused at the limit, or parsed.
+    Messages with runs of openers, refused at the limit or parsed.
     """
     texts = []
     for depth in (128, 129, 300):

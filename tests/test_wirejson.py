@@ -434,31 +434,3 @@ class CutShortTests(unittest.SynchronousTestCase):
 
         self.patch(wirejson, "_Diagnoser", refuse)
         self.assertEqual(detail(text), "EOF while parsing an object at line 1 column 699")
-
-
-class DeepMessageTests(unittest.SynchronousTestCase):
-    """
-    A message with a run of openers is walked before the C parser builds
-    it (L{wirejson._may_nest_too_deep}).
-    """
-
-    def test_refused_without_being_built(self):
-        built = []
-        raw_decode = wirejson._raw_decode
-
-        def recorded(text, start):
-            built.append(len(text))
-            return raw_decode(text, start)
-
-        self.patch(wirejson, "_raw_decode", recorded)
-        for inner in ['{"a":' * 900 + "1" + "}" * 900, "[" * 1000 + "1"]:
-            self.assertEqual(detail('{"id":1,"method":"fs/readFile","params":' + inner + "}"),
-                             "recursion limit exceeded at line 1 column "
-                             + ("671" if inner.startswith("{") else "167"))
-        self.assertEqual(built, [])
-
-    def test_openers_in_a_string_still_parse(self):
-        text = '{"id":1,"method":"m","params":{"script":"' + "[" * 200 + '"}}'
-        message = rpc.parse(text)
-        self.assertEqual(message.params, json.loads(text)["params"])
-        self.assertTrue(wirejson._may_nest_too_deep(text))
