@@ -280,6 +280,17 @@ def _cut_inside_containers(text: str) -> str | None:
     if (len(text) > _CUT_CHECK_CHARACTERS or "\\u" in text
             or text.count("[") + text.count("{") > _CUT_CHECK_OPENERS):
         return None
+    start = len(text) - len(text.lstrip(_WHITESPACE))
+    try:
+        _raw_decode(text, start)
+    except ValueError as e:
+        # Refused before its end, it is not cut short there.
+        if getattr(e, "pos", None) != len(text):
+            return None
+    except (RecursionError, _DuplicateKey):
+        return None
+    else:
+        return None
     still_open = []
     for bracket in _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text)):
         if bracket in "[{":
@@ -291,7 +302,6 @@ def _cut_inside_containers(text: str) -> str | None:
     if not still_open:
         return None
     completed = text + "".join(_CLOSERS[bracket] for bracket in reversed(still_open))
-    start = len(text) - len(text.lstrip(_WHITESPACE))
     try:
         _, end = _raw_decode(completed, start)
     except (ValueError, RecursionError, _DuplicateKey):
