@@ -177,10 +177,10 @@ def parse_document(data: bytes | str, diagnose_now: bool = True) -> Document:
     start = len(text) - len(text.lstrip(_WHITESPACE))
     try:
         value, end = _raw_decode(text, start)
-    except (ValueError, RecursionError, _DuplicateKey):
+    except (ValueError, RecursionError, _DuplicateKey) as e:
         if not diagnose_now:
             raise NeedsDiagnosis() from None
-        raise JsonSyntaxError(diagnose(text)) from None
+        raise JsonSyntaxError(diagnose(text, getattr(e, "pos", None))) from None
     # A number at the top level may have been cut short where serde_json
     # reads on ("01", "1.").
     if (
@@ -240,12 +240,15 @@ def loads(data: bytes | str) -> Any:
     return document.value
 
 
-def diagnose(data: bytes | str) -> str:
+def diagnose(data: bytes | str, refused_at: int | None = None) -> str:
     """
     The reference's text for the first problem of a message whose first
     value the fast parser refused (see L{NeedsDiagnosis}).
+
+    @param refused_at: where the fast parser stopped, when it said.
     """
-    if isinstance(data, str):
+    if isinstance(data, str) and refused_at == len(data):
+        # Refused at its end, it may be cut short inside containers.
         cut = _cut_inside_containers(data)
         if cut is not None:
             return cut
@@ -280,17 +283,6 @@ def _cut_inside_containers(text: str) -> str | None:
     if (len(text) > _CUT_CHECK_CHARACTERS or "\\u" in text
             or text.count("[") + text.count("{") > _CUT_CHECK_OPENERS):
         return None
-    start = len(text) - len(text.lstrip(_WHITESPACE))
-    try:
-        _raw_decode(text, start)
-    except ValueError as e:
-        # Refused before its end, it is not cut short there.
-        if getattr(e, "pos", None) != len(text):
-            return None
-    except (RecursionError, _DuplicateKey):
-        return None
-    else:
-        return None
     still_open = []
     for bracket in _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text)):
         if bracket in "[{":
@@ -302,6 +294,7 @@ def _cut_inside_containers(text: str) -> str | None:
     if not still_open:
         return None
     completed = text + "".join(_CLOSERS[bracket] for bracket in reversed(still_open))
+    start = len(text) - len(text.lstrip(_WHITESPACE))
     try:
         _, end = _raw_decode(completed, start)
     except (ValueError, RecursionError, _DuplicateKey):
